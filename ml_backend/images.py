@@ -70,7 +70,9 @@ class ImageLimits:
 
 def decode_image(data: bytes, limits: ImageLimits, field: str = "image") -> RGBImage:
     if len(data) > limits.max_bytes:
-        raise ImageError(f"{field}: image is {len(data)} bytes, over the MAX_IMAGE_BYTES limit {limits.max_bytes}")
+        raise ImageError(
+            f"{field}: image is {len(data)} bytes, over the MAX_IMAGE_BYTES limit {limits.max_bytes}"
+        )
     try:
         with Image.open(io.BytesIO(data)) as opened:
             width, height = opened.size
@@ -120,7 +122,9 @@ def decode_base64(payload: str, field: str = "image_base64") -> bytes:
 def check_url_allowed(url: str, allow_private: bool, field: str = "image_url") -> None:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https"):
-        raise ImageError(f"{field}: only http and https URLs are accepted (got {parsed.scheme or 'no scheme'})")
+        raise ImageError(
+            f"{field}: only http and https URLs are accepted (got {parsed.scheme or 'no scheme'})"
+        )
     if not parsed.hostname:
         raise ImageError(f"{field}: URL has no host")
     if allow_private:
@@ -170,7 +174,9 @@ def fetch_url(
 def _read_capped(response: requests.Response, limits: ImageLimits, deadline: float, field: str) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-        raise ImageError(f"{field}: image is {declared} bytes, over the MAX_IMAGE_BYTES limit {limits.max_bytes}")
+        raise ImageError(
+            f"{field}: image is {declared} bytes, over the MAX_IMAGE_BYTES limit {limits.max_bytes}"
+        )
     buffer = io.BytesIO()
     try:
         for chunk in response.iter_content(_CHUNK):

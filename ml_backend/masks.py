@@ -12,13 +12,18 @@ from ml_backend.schemas import RLE
 def encode_rle(mask: np.ndarray) -> RLE:
     """Boolean (H, W) → COCO compressed RLE, decodable by pycocotools.mask.decode."""
     encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return RLE(size=(int(encoded["size"][0]), int(encoded["size"][1])), counts=encoded["counts"].decode("ascii"))
+    return RLE(
+        size=(int(encoded["size"][0]), int(encoded["size"][1])), counts=encoded["counts"].decode("ascii")
+    )
 
 
 def decode_rle(rle: RLE | dict) -> np.ndarray:
     data = rle.model_dump() if isinstance(rle, RLE) else dict(rle)
     counts = data["counts"]
-    coco = {"size": list(data["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    coco = {
+        "size": list(data["size"]),
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     return coco_mask.decode(coco).astype(bool)
 
 

@@ -27,7 +27,11 @@ Florence2Task = Literal[
     "referring_expression_segmentation",
     "ocr_with_region",
 ]
-FLORENCE2_TASKS_NEEDING_TEXT = {"phrase_grounding", "open_vocabulary_detection", "referring_expression_segmentation"}
+FLORENCE2_TASKS_NEEDING_TEXT = {
+    "phrase_grounding",
+    "open_vocabulary_detection",
+    "referring_expression_segmentation",
+}
 
 
 class WireModel(BaseModel):
@@ -87,6 +91,7 @@ class SegmentRequest(ImageSource):
     labels: list[Literal[0, 1]] | None = None
     box: Box | None = None
     text_prompt: str | None = None
+    threshold: Unit | None = None
     multimask: bool = False
     mask_format: MaskFormat = "rle"
 
@@ -94,7 +99,9 @@ class SegmentRequest(ImageSource):
     def _prompt_is_complete(self) -> SegmentRequest:
         if self.prompt_type is None:
             self.prompt_type = self._infer_prompt_type()
-        required = {"point": "point", "points": "points", "box": "box", "text": "text_prompt"}[self.prompt_type]
+        required = {"point": "point", "points": "points", "box": "box", "text": "text_prompt"}[
+            self.prompt_type
+        ]
         if not getattr(self, required):
             raise ValueError(f"{required}: required for prompt_type {self.prompt_type}")
         if self.prompt_type == "text" and self.model != "sam3":
@@ -248,9 +255,7 @@ class BatchResponse(BaseModel):
 
 
 Response = DetectResponse | SegmentResponse | BatchResponse
-_response_adapter: TypeAdapter[Response] = TypeAdapter(
-    Annotated[Response, Field(discriminator="task")]
-)
+_response_adapter: TypeAdapter[Response] = TypeAdapter(Annotated[Response, Field(discriminator="task")])
 
 
 def parse_response(payload: Any) -> Response:

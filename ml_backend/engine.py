@@ -1,0 +1,290 @@
+"""Task × model dispatch: the one entry point both fronts use.
+
+`Engine.run(request)` takes a validated wire-contract request and returns its response. The
+Label Studio backend and the RunPod worker both call it; the offload client (`remote.py`) has
+the same `run` so the backend can swap one for the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Protocol
+
+from ml_backend.config import Settings
+from ml_backend.config import settings as default_settings
+from ml_backend.images import ImageLimits, RGBImage, decode_image, load_source_bytes
+from ml_backend.masks import encode_rle, mask_box, mask_polygons
+from ml_backend.models.base import Detection, SegmentMask, SegmentPrompt
+from ml_backend.models.registry import ModelRegistry
+from ml_backend.schemas import (
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    DetectionOut,
+    DetectOptions,
+    DetectRequest,
+    DetectResponse,
+    ImageSize,
+    ImageSource,
+    MaskFormat,
+    MaskOut,
+    RequestError,
+    Response,
+    SegmentRequest,
+    SegmentResponse,
+    Timing,
+)
+
+log = logging.getLogger(__name__)
+Request = DetectRequest | SegmentRequest | BatchRequest
+BATCH_DOWNLOAD_THREADS = 8
+
+
+class InferenceBackend(Protocol):
+    """What a front needs: the local Engine and the RunPod offload client both satisfy it."""
+
+    def run(self, request: Request) -> Response: ...
+
+    def describe(self) -> dict: ...
+
+
+class ResourceError(RuntimeError):
+    """The accelerator ran out of memory; caches were emptied so the next request can run."""
+
+
+def split_phrases(text_prompt: str) -> list[str]:
+    """ "shelf . product . price tag" → ["shelf", "product", "price tag"]; commas split when no dot does."""
+    separator = "." if "." in text_prompt else ","
+    phrases = [part.strip() for part in re.split(re.escape(separator), text_prompt)]
+    return list(dict.fromkeys(phrase for phrase in phrases if phrase))
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        registry: ModelRegistry | None = None,
+        *,
+        allow_local_paths: bool = False,
+    ) -> None:
+        self.settings = settings or default_settings
+        self.registry = registry or ModelRegistry(self.settings)
+        self.limits = ImageLimits.from_settings(self.settings)
+        self.allow_local_paths = allow_local_paths
+
+    # ---- public ----
+
+    def run(self, request: Request) -> Response:
+        with self._out_of_memory_guard():
+            if isinstance(request, DetectRequest):
+                return self._detect(request)
+            if isinstance(request, SegmentRequest):
+                return self._segment(request)
+            return self._batch(request)
+
+    def describe(self) -> dict:
+        return {
+            "inference_mode": "local",
+            "device": str(self.registry.runtime.device),
+            "dtype": str(self.registry.runtime.dtype).removeprefix("torch."),
+            "models_loaded": self.registry.loaded(),
+        }
+
+    def load_image(self, source: ImageSource, prefix: str = "image_") -> RGBImage:
+        if source.image_path and not self.allow_local_paths:
+            raise RequestError(
+                f"{prefix}path: local files are not accepted here; send {prefix}url or {prefix}base64"
+            )
+        data = load_source_bytes(
+            self.limits,
+            url=source.image_url,
+            base64_data=source.image_base64,
+            path=source.image_path,
+            prefix=prefix,
+        )
+        return decode_image(data, self.limits, field=f"{prefix}{_source_kind(source)}")
+
+    def detect_image(self, image: RGBImage, options: DetectOptions) -> list[DetectionOut]:
+        detections = self._run_detector(image, options)
+        detections.sort(key=lambda detection: detection.score, reverse=True)
+        if options.max_detections:
+            detections = detections[: options.max_detections]
+        if options.with_masks:
+            detections = self._add_masks(image, detections)
+        return [_detection_out(detection, options.mask_format) for detection in detections]
+
+    # ---- tasks ----
+
+    def _detect(self, request: DetectRequest) -> DetectResponse:
+        started = time.perf_counter()
+        image = self.load_image(request)
+        loaded = time.perf_counter()
+        detections = self.detect_image(image, request)
+        return DetectResponse(
+            model=request.model,
+            model_id=self._model_id(request.model),
+            image=ImageSize(width=image.width, height=image.height),
+            detections=detections,
+            timing_ms=_timing(started, loaded),
+        )
+
+    def _segment(self, request: SegmentRequest) -> SegmentResponse:
+        started = time.perf_counter()
+        image = self.load_image(request)
+        loaded = time.perf_counter()
+        masks = self._segment_image(image, request)
+        return SegmentResponse(
+            model=request.model,
+            model_id=self._model_id(request.model),
+            image=ImageSize(width=image.width, height=image.height),
+            masks=[_mask_out(mask, request.mask_format) for mask in masks],
+            timing_ms=_timing(started, loaded),
+        )
+
+    def _batch(self, request: BatchRequest) -> BatchResponse:
+        if len(request.images) > self.settings.max_batch_images:
+            raise RequestError(
+                f"images: {len(request.images)} images, over the MAX_BATCH_IMAGES limit {self.settings.max_batch_images}"
+            )
+        started = time.perf_counter()
+        download_s = 0.0
+        results: list[BatchItem] = []
+        for item, loaded in zip(request.images, self._prefetch(request), strict=True):
+            image, seconds = loaded
+            download_s += seconds
+            if isinstance(image, str):
+                results.append(BatchItem(id=item.id, error=image))
+                continue
+            try:
+                detections = self.detect_image(image, request)
+            except RequestError as error:
+                results.append(BatchItem(id=item.id, error=str(error)))
+                continue
+            size = ImageSize(width=image.width, height=image.height)
+            results.append(BatchItem(id=item.id, image=size, detections=detections))
+        total = (time.perf_counter() - started) * 1000
+        return BatchResponse(
+            model=request.model,
+            model_id=self._model_id(request.model),
+            results=results,
+            timing_ms=Timing(
+                download=round(download_s * 1000, 1),
+                inference=round(total - download_s * 1000, 1),
+                total=round(total, 1),
+            ),
+        )
+
+    def _prefetch(self, request: BatchRequest) -> Iterator[tuple[RGBImage | str, float]]:
+        """Download and decode the batch's images in a thread pool while earlier ones run on the model.
+
+        A failed image yields its error message instead of an image; it never stops the batch.
+        """
+
+        def load(index: int) -> tuple[RGBImage | str, float]:
+            started = time.perf_counter()
+            try:
+                image: RGBImage | str = self.load_image(request.images[index].as_source())
+            except RequestError as error:
+                image = str(error)
+            return image, time.perf_counter() - started
+
+        workers = min(BATCH_DOWNLOAD_THREADS, len(request.images))
+        with ThreadPoolExecutor(workers, thread_name_prefix="batch-download") as pool:
+            futures = [pool.submit(load, index) for index in range(len(request.images))]
+            for future in futures:
+                yield future.result()
+
+    # ---- model calls ----
+
+    def _run_detector(self, image: RGBImage, options: DetectOptions) -> list[Detection]:
+        box_threshold = _default(options.box_threshold, self.settings.default_box_threshold)
+        text_threshold = _default(options.text_threshold, self.settings.default_text_threshold)
+        if options.model == "florence2":
+            return self.registry.get("florence2").run(image, options.florence2_task, options.text_prompt)
+        phrases = split_phrases(options.text_prompt or "")
+        if not phrases:
+            raise RequestError("text_prompt: no phrase found (write phrases separated by '.')")
+        detector = self.registry.get(options.model)
+        return detector.detect(image, phrases, box_threshold=box_threshold, text_threshold=text_threshold)
+
+    def _add_masks(self, image: RGBImage, detections: list[Detection]) -> list[Detection]:
+        """Grounded SAM: one SAM 2.1 call for every box of the image that has no mask yet."""
+        missing = [index for index, detection in enumerate(detections) if detection.mask is None]
+        if not missing:
+            return detections
+        masks = self.registry.get("sam2").segment_boxes(image, [detections[index].box for index in missing])
+        completed = list(detections)
+        for index, mask in zip(missing, masks, strict=True):
+            detection = detections[index]
+            completed[index] = Detection(detection.label, detection.score, detection.box, mask.mask)
+        return completed
+
+    def _segment_image(self, image: RGBImage, request: SegmentRequest) -> Sequence[SegmentMask]:
+        if request.prompt_type == "text":
+            threshold = _default(request.threshold, self.settings.default_box_threshold)
+            return self.registry.get("sam3").segment_text(
+                image, request.text_prompt or "", threshold=threshold
+            )
+        points, labels = request.prompt_points()
+        prompt = SegmentPrompt(points=points, labels=labels, box=request.box)
+        segmenter = self.registry.get("sam2" if request.model == "sam2" else "sam3_tracker")
+        return segmenter.segment(image, prompt, multimask=request.multimask)
+
+    def _model_id(self, model: str) -> str:
+        return self.registry.model_id(model)
+
+    @contextmanager
+    def _out_of_memory_guard(self) -> Iterator[None]:
+        import torch
+
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            self.registry.free_memory()
+            log.warning("GPU out of memory; embedding caches and CUDA cache emptied")
+            raise ResourceError(
+                "GPU out of memory: the request was too large for this GPU (try fewer images per batch, "
+                "smaller images or a GPU with more memory); caches were emptied, the next request can run"
+            ) from None
+
+
+def _default(value: float | None, fallback: float) -> float:
+    return fallback if value is None else value
+
+
+def _source_kind(source: ImageSource) -> str:
+    return "url" if source.image_url else "base64" if source.image_base64 else "path"
+
+
+def _timing(started: float, loaded: float) -> Timing:
+    done = time.perf_counter()
+    return Timing(
+        download=round((loaded - started) * 1000, 1),
+        inference=round((done - loaded) * 1000, 1),
+        total=round((done - started) * 1000, 1),
+    )
+
+
+def _mask_fields(mask, mask_format: MaskFormat) -> dict:
+    fields: dict = {}
+    if mask_format in ("rle", "both"):
+        fields["mask"] = encode_rle(mask)
+    if mask_format in ("polygons", "both"):
+        fields["polygons"] = mask_polygons(mask)
+    return fields
+
+
+def _detection_out(detection: Detection, mask_format: MaskFormat) -> DetectionOut:
+    extra = _mask_fields(detection.mask, mask_format) if detection.mask is not None else {}
+    return DetectionOut(label=detection.label, score=round(detection.score, 4), box=detection.box, **extra)
+
+
+def _mask_out(mask: SegmentMask, mask_format: MaskFormat) -> MaskOut:
+    return MaskOut(
+        score=round(mask.score, 4), box=mask_box(mask.mask), **_mask_fields(mask.mask, mask_format)
+    )
