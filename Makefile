@@ -1,0 +1,59 @@
+# The two commands: `make run` (start the Label Studio ML backend on :9090) and `make test`.
+# Both set up everything they need on a fresh machine (virtualenv, pip and apt packages).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LS_VENV := .cache/label-studio-venv
+LABEL_STUDIO_VERSION := 1.23.2
+HOST ?= 0.0.0.0
+PORT ?= 9090
+WORKER_PORT ?= 8000
+THREADS ?= 8
+
+.PHONY: install run worker test test-fast e2e lint bench apt-deps label-studio-venv clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 1 --threads $(THREADS) --timeout 300 _wsgi:app
+
+worker: install
+	$(BIN)/python -m ml_backend.worker --rp_api_host $(HOST) --rp_api_port $(WORKER_PORT)
+
+apt-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server (Debian package) for the job tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q label-studio==$(LABEL_STUDIO_VERSION)
+	touch $@
+
+label-studio-venv: $(LS_VENV)/.installed
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install apt-deps label-studio-venv lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
+
+e2e: install label-studio-venv
+	$(BIN)/python -m pytest -q -m e2e
+
+bench: install
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) .cache

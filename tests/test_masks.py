@@ -1,0 +1,47 @@
+import numpy as np
+from pycocotools import mask as coco_mask
+
+from ml_backend.masks import decode_rle, encode_rle, mask_box, mask_polygons, polygons_to_mask
+
+
+def known_mask() -> np.ndarray:
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[10:30, 20:50] = True
+    mask[40:44, 2:6] = True
+    return mask
+
+
+def test_rle_round_trip_and_pycocotools_compatibility() -> None:
+    mask = known_mask()
+    rle = encode_rle(mask)
+    assert rle.size == (48, 64)
+    assert np.array_equal(decode_rle(rle), mask)
+    decoded = coco_mask.decode({"size": list(rle.size), "counts": rle.counts.encode()})
+    assert np.array_equal(decoded.astype(bool), mask)
+    assert np.array_equal(decode_rle(rle.model_dump(mode="json")), mask)
+
+
+def test_mask_box_is_normalised_outer_edge() -> None:
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[2:5, 4:10] = True
+    assert mask_box(mask) == (4 / 20, 2 / 10, 10 / 20, 5 / 10)
+    assert mask_box(np.zeros((3, 3), dtype=bool)) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_polygons_are_normalised_and_cover_the_mask() -> None:
+    mask = known_mask()
+    polygons = mask_polygons(mask)
+    assert len(polygons) == 2
+    for polygon in polygons:
+        assert len(polygon) % 2 == 0 and len(polygon) >= 6
+        assert all(0.0 <= value <= 1.0 for value in polygon)
+    pixel_polygons = [[v * (64 if i % 2 == 0 else 48) for i, v in enumerate(p)] for p in polygons]
+    redrawn = polygons_to_mask(pixel_polygons, 64, 48)
+    overlap = (redrawn & mask).sum() / (redrawn | mask).sum()
+    assert overlap > 0.9
+
+
+def test_polygons_to_mask_fills_the_shape() -> None:
+    mask = polygons_to_mask([[10, 10, 30, 10, 30, 20, 10, 20]], 40, 30)
+    assert mask.shape == (30, 40)
+    assert mask[15, 20] and not mask[5, 5]
