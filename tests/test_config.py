@@ -62,3 +62,13 @@ def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNPOD_API_KEY", "rp_supersecret")
     text = repr(load_settings())
     assert "supersecret" not in text
+
+
+def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "")
+    monkeypatch.setenv("BASIC_AUTH_USER", "")
+    monkeypatch.setenv("DEFAULT_BOX_THRESHOLD", "")
+    settings = load_settings()
+    assert settings.hf_token is None
+    assert settings.basic_auth_user is None
+    assert settings.default_box_threshold == 0.3

@@ -1,0 +1,44 @@
+"""Label configs for tests and the README: the control names match the contexts recorded from a real
+Label Studio 1.23.2 (/work/shared/notes/ls_protocol.md): KeyPointLabels `tag2`, RectangleLabels `tag3`."""
+
+SAM_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <KeyPointLabels name="tag2" toName="image" smart="true">
+    <Label value="Banana" background="yellow"/>
+    <Label value="Orange" background="orange"/>
+  </KeyPointLabels>
+  <RectangleLabels name="tag3" toName="image" smart="true">
+    <Label value="Banana" background="yellow"/>
+    <Label value="Orange" background="orange"/>
+  </RectangleLabels>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Banana" background="yellow"/>
+    <Label value="Orange" background="orange"/>
+  </BrushLabels>
+  <PolygonLabels name="outline" toName="image">
+    <Label value="Banana" background="yellow"/>
+    <Label value="Orange" background="orange"/>
+  </PolygonLabels>
+</View>"""
+
+TEXT_PROMPT_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <TextArea name="prompt" toName="image" editable="true" rows="2" maxSubmissions="1"
+            showSubmitButton="true" smart="true" placeholder="What to find, e.g. bottle . can"/>
+  <RectangleLabels name="box" toName="image">
+    <Label value="Product" predicted_values="bottle, can, box" background="green"/>
+    <Label value="Price tag" background="red"/>
+  </RectangleLabels>
+  <BrushLabels name="mask" toName="image">
+    <Label value="Product" predicted_values="bottle, can, box" background="green"/>
+    <Label value="Price tag" background="red"/>
+  </BrushLabels>
+</View>"""
+
+RECT_ONLY_CONFIG = """<View>
+  <Image name="img" value="$photo"/>
+  <RectangleLabels name="label" toName="img">
+    <Label value="Car"/>
+    <Label value="Person"/>
+  </RectangleLabels>
+</View>"""
