@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     basic_auth_pass: SecretStr | None = None
     image_cache_dir: str = "/tmp/od-annotation/images"
     image_cache_mb: int = Field(2048, ge=0)
+    local_files_document_root: str | None = None
 
     # RunPod offload
     inference_mode: Literal["local", "runpod"] = "local"

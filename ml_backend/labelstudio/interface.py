@@ -11,6 +11,8 @@ from label_studio_sdk.label_interface import LabelInterface
 from label_studio_sdk.label_interface.control_tags import ControlTag as SdkControlTag
 from label_studio_sdk.label_interface.object_tags import ObjectTag as SdkObjectTag
 
+from ml_backend.schemas import RequestError
+
 KEYPOINT = "KeyPointLabels"
 RECTANGLE = "RectangleLabels"
 BRUSH = "BrushLabels"
@@ -19,7 +21,7 @@ TEXT_AREA = "TextArea"
 REGION_CONTROLS = (KEYPOINT, RECTANGLE, BRUSH, POLYGON)
 
 
-class LabelConfigError(ValueError):
+class LabelConfigError(RequestError):
     """The project's label config (or a task's data) does not fit this backend; the message says what to add."""
 
 

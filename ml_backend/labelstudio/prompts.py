@@ -14,6 +14,7 @@ from typing import Any
 
 from ml_backend.labelstudio.interface import KEYPOINT, RECTANGLE, ControlTag, ProjectInterface
 from ml_backend.models.base import BoxXYXY, clamp_unit
+from ml_backend.schemas import RequestError
 
 KEYPOINT_TYPE = KEYPOINT.lower()
 RECTANGLE_TYPE = RECTANGLE.lower()
@@ -21,7 +22,7 @@ TEXT_TYPE = "textarea"
 _SUPPORTED_TYPES = (KEYPOINT_TYPE, RECTANGLE_TYPE, TEXT_TYPE)
 
 
-class PromptError(ValueError):
+class PromptError(RequestError):
     """The interaction context cannot be read as a prompt; the message says what is wrong."""
 
 
