@@ -147,14 +147,16 @@ class EmbeddingCache(Generic[V]):
             return cached
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            cached = self._lookup(key, count=False)
-            if cached is not None:
-                return cached
-            value = compute()
-            self._store(key, value)
-        with self._lock:
-            self._key_locks.pop(key, None)
+        try:
+            with key_lock:
+                cached = self._lookup(key, count=False)
+                if cached is not None:
+                    return cached
+                value = compute()
+                self._store(key, value)
+        finally:
+            with self._lock:
+                self._key_locks.pop(key, None)
         return value
 
     def clear(self) -> None:
