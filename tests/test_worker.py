@@ -1,0 +1,161 @@
+"""The RunPod worker: the handler in-process, and the SDK's real local API over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from ml_backend import worker
+from ml_backend.masks import decode_rle
+from ml_backend.schemas import parse_request
+from tests.support import free_port, make_image, serve_images, wait_for_http
+from tests.test_schemas import GUIDE_EXAMPLES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_local_images(payload: dict, url: str) -> dict:
+    """The guide's example with its placeholder image URLs pointed at a loopback server."""
+    payload = json.loads(json.dumps(payload))
+    if "image_url" in payload:
+        payload["image_url"] = url
+    for image in payload.get("images", []):
+        image["url"] = url
+    return payload
+
+
+@pytest.fixture(scope="module")
+def image_server() -> Iterator:
+    with serve_images() as server:
+        server.add("/test.jpg", make_image(64, 48, fmt="JPEG"), content_type="image/jpeg")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def worker_env(tiny_hf_cache: Path) -> dict[str, str]:
+    return {**os.environ, "ALLOW_PRIVATE_URLS": "true", "DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def local_api(worker_env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "ml_backend.worker",
+        "--rp_serve_api",
+        "--rp_api_host",
+        "127.0.0.1",
+        "--rp_api_port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/openapi.json", timeout=90)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_sdk_arguments_default_to_the_local_api() -> None:
+    assert worker.sdk_arguments([], deployed=False) == ["--rp_serve_api"]
+    assert worker.sdk_arguments(["--rp_api_port", "9000"], deployed=False) == [
+        "--rp_serve_api",
+        "--rp_api_port",
+        "9000",
+    ]
+    assert worker.sdk_arguments(["--test_input", "{}"], deployed=False) == ["--test_input", "{}"]
+    assert worker.sdk_arguments(["--rp_api_host", "0.0.0.0"], deployed=True) == ["--rp_api_host", "0.0.0.0"]
+
+
+def test_shipped_test_input_is_a_valid_request() -> None:
+    job = json.loads((ROOT / "test_input.json").read_text())
+    assert parse_request(job["input"]).task == "detect"
+
+
+def test_handler_returns_string_errors() -> None:
+    result = worker.handler(
+        {
+            "id": "t",
+            "input": {"task": "detect", "model": "yolo", "image_url": "https://x", "text_prompt": "a"},
+        }
+    )
+    assert isinstance(result["error"], str) and result["error"].startswith("model:")
+    assert worker.handler({"id": "t", "input": None})["error"] == "input: must be a JSON object"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", GUIDE_EXAMPLES, ids=lambda e: f"{e['task']}-{e['model']}")
+def test_guide_examples_over_http(local_api: str, image_server, example: dict) -> None:
+    payload = {"input": with_local_images(example, image_server.url("/test.jpg"))}
+    response = requests.post(f"{local_api}/runsync", json=payload, timeout=120)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "COMPLETED", body
+    output = body["output"]
+    assert output["task"] == example["task"]
+    if example["task"] == "batch":
+        assert [item["id"] for item in output["results"]] == ["img1", "img2"]
+        assert all(item["image"] == {"width": 64, "height": 48} for item in output["results"])
+    elif example["task"] == "segment":
+        assert decode_rle(output["masks"][0]["mask"]).shape == (48, 64)
+    else:
+        assert output["image"] == {"width": 64, "height": 48}
+        assert all(0 <= v <= 1 for d in output["detections"] for v in d["box"])
+
+
+@pytest.mark.slow
+def test_http_bad_input_is_failed_with_the_message(local_api: str) -> None:
+    payload = {
+        "input": {"task": "segment", "model": "sam2", "image_url": "https://x/a.png", "point": [1.5, 0.3]}
+    }
+    body = requests.post(f"{local_api}/runsync", json=payload, timeout=60).json()
+    assert body["status"] == "FAILED"
+    assert body["error"].startswith("point.0:")
+
+
+@pytest.mark.slow
+def test_http_unreachable_image_names_the_field(local_api: str, image_server) -> None:
+    payload = {
+        "input": {
+            "task": "segment",
+            "model": "sam2",
+            "image_url": image_server.url("/nope.jpg"),
+            "point": [0.5, 0.5],
+        }
+    }
+    body = requests.post(f"{local_api}/runsync", json=payload, timeout=60).json()
+    assert body == {"id": body["id"], "status": "FAILED", "error": "image_url: download failed with HTTP 404"}
+
+
+@pytest.mark.slow
+def test_test_input_mode_runs_one_job(worker_env: dict[str, str], image_server) -> None:
+    job = {
+        "input": {
+            "task": "segment",
+            "model": "sam2",
+            "image_url": image_server.url("/test.jpg"),
+            "point": [0.5, 0.5],
+        }
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ml_backend.worker", "--test_input", json.dumps(job)],
+        cwd=ROOT,
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "masks" in result.stdout + result.stderr
