@@ -25,7 +25,7 @@ def create_project(ls: LabelStudio, title: str, config: str, backend_url: str) -
     ls.api(
         "POST",
         f"/api/projects/{project['id']}/import",
-        files=[("file", (name, data, "image/png")) for name, data in files.items()],
+        files={name: (name, data, "image/png") for name, data in files.items()},
     )
     tasks = ls.api("GET", f"/api/projects/{project['id']}/tasks/?page_size=100").json()
     tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
