@@ -11,9 +11,10 @@ from typing import Any
 
 from ml_backend.config import settings
 from ml_backend.labelstudio.access import LabelStudioAuth, TaskImageResolver
-from ml_backend.labelstudio.base import LabelStudioMLBase, ModelResponse
+from ml_backend.labelstudio.base import LabelStudioMLBase, ModelResponse, UserFacingError
 from ml_backend.labelstudio.interface import ProjectInterface
 from ml_backend.labelstudio.predictor import Predictor, get_backend, model_version_for
+from ml_backend.remote import RemoteInferenceError
 
 
 class ODAnnotationModel(LabelStudioMLBase):
@@ -26,7 +27,10 @@ class ODAnnotationModel(LabelStudioMLBase):
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs: Any) -> ModelResponse:
         interface = self.interface or ProjectInterface.from_config(self.label_config or "")
-        predictions = self.predictor.predict(tasks, interface, context)
+        try:
+            predictions = self.predictor.predict(tasks, interface, context)
+        except RemoteInferenceError as error:
+            raise UserFacingError(f"RunPod inference failed: {error}", status_code=502) from None
         return ModelResponse(predictions=predictions, model_version=self.model_version)
 
     @classmethod

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_NAMES = ("grounding_dino", "sam2", "sam3", "florence2")
 ModelName = Literal["grounding_dino", "sam2", "sam3", "florence2"]
+DEFAULT_RUNPOD_BASE_URL = "https://api.runpod.ai/v2"
 
 
 class ConfigError(RuntimeError):
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     inference_mode: Literal["local", "runpod"] = "local"
     runpod_api_key: SecretStr | None = None
     runpod_endpoint_od_annotation: str | None = None
-    runpod_base_url: str = "https://api.runpod.ai/v2"
+    runpod_base_url: str = DEFAULT_RUNPOD_BASE_URL
     runpod_timeout_s: float = Field(300.0, gt=0)
     runpod_max_payload_mb: float = Field(18.0, gt=0)
 
@@ -87,16 +88,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _runpod_mode_needs_endpoint(self) -> Settings:
-        if self.inference_mode == "runpod" and not self.runpod_endpoint_od_annotation:
+        public_api = self.runpod_base_url.rstrip("/") == DEFAULT_RUNPOD_BASE_URL
+        if self.inference_mode == "runpod" and public_api and not self.runpod_endpoint_od_annotation:
             raise ValueError("INFERENCE_MODE=runpod needs RUNPOD_ENDPOINT_OD_ANNOTATION")
         return self
 
     def model_id(self, model: ModelName) -> str:
         return getattr(self, f"{model}_model")
-
-    @property
-    def runpod_endpoint_url(self) -> str:
-        return f"{self.runpod_base_url.rstrip('/')}/{self.runpod_endpoint_od_annotation}"
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -62,3 +62,10 @@ def polygons_to_mask(polygons: list[list[float]], width: int, height: int) -> np
     if shapes:
         cv2.fillPoly(canvas, shapes, 1)
     return canvas.astype(bool)
+
+
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean mask to (height, width)."""
+    if mask.shape == (height, width):
+        return mask
+    return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)

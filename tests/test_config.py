@@ -24,7 +24,13 @@ def test_guide_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.log_level == "INFO"
     assert settings.preload_models == ["grounding_dino", "sam2"]
     assert settings.runpod_endpoint_od_annotation == "abc123xyz"
-    assert settings.runpod_endpoint_url == "https://api.runpod.ai/v2/abc123xyz"
+
+
+def test_runpod_mode_against_a_local_worker_needs_no_endpoint_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_MODE", "runpod")
+    monkeypatch.delenv("RUNPOD_ENDPOINT_OD_ANNOTATION", raising=False)
+    monkeypatch.setenv("RUNPOD_BASE_URL", "http://127.0.0.1:8000")
+    assert load_settings().runpod_base_url == "http://127.0.0.1:8000"
 
 
 def test_preload_all_expands_to_every_model(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ caller's phrases: the one whose tokens it matches best.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     import torch
 
     from ml_backend.images import RGBImage
+
+log = logging.getLogger(__name__)
 
 PHRASE_SEPARATOR = "."
 
@@ -103,9 +106,24 @@ def load(model_id: str, runtime: Runtime) -> GroundingDinoDetector:
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_id, token=runtime.hf_token)
-    model = AutoModelForZeroShotObjectDetection.from_pretrained(model_id, **runtime.load_kwargs())
+    load_kwargs = {**runtime.load_kwargs(), "dtype": weights_dtype(runtime)}
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(model_id, **load_kwargs)
     model.to(runtime.device).eval()
     return GroundingDinoDetector(model, processor, runtime, model_id)
+
+
+def weights_dtype(runtime: Runtime) -> torch.dtype:
+    """The runtime dtype, except float32 for half precision on CPU.
+
+    The deformable attention samples features with `grid_sample`, whose CPU kernel returns NaN for
+    non-contiguous bf16/fp16 input (torch 2.14.1), so every score would be NaN and nothing detected.
+    """
+    import torch
+
+    if runtime.device.type == "cpu" and runtime.dtype in (torch.bfloat16, torch.float16):
+        log.warning("Grounding DINO runs in float32 on CPU: half precision gives NaN there")
+        return torch.float32
+    return runtime.dtype
 
 
 # ---- prompt ----

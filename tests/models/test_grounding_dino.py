@@ -85,21 +85,34 @@ def test_box_threshold_one_keeps_nothing(detector: GroundingDinoDetector, image:
     assert detector.detect(image, PHRASES, box_threshold=1.0, text_threshold=0.0) == []
 
 
+def test_half_precision_on_cpu_loads_float32_weights(
+    tiny_hub_ids: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    half = load(tiny_hub_ids["grounding_dino"], Runtime(torch.device("cpu"), torch.bfloat16))
+    assert half.model.dtype == torch.float32
+    assert "float32 on CPU" in caplog.text
+
+
 def test_phrases_without_tokens_are_left_out(detector: GroundingDinoDetector) -> None:
     assert detector.promptable_phrases(["  ", "Shelf", ".", "price tag"]) == ["Shelf", "price tag"]
 
 
-def test_batched_forward_matches_single_images(detector: GroundingDinoDetector) -> None:
-    images = [rgb_image(320, 240, "a"), rgb_image(200, 300, "b"), rgb_image(320, 240, "c", mirrored=True)]
+def test_batched_forward_matches_single_images(
+    detector: GroundingDinoDetector, image: RGBImage, all_detections: list[Detection]
+) -> None:
+    images = [image, rgb_image(200, 300, "b"), rgb_image(640, 480, "c", mirrored=True)]
     batching = GroundingDinoDetector(
         detector.model, detector.processor, detector.runtime, detector.model_id, batch_same_size=True
     )
     batched = batching.detect_batch(images, PHRASES, box_threshold=0.0, text_threshold=0.0)
-    singles = [detector.detect(item, PHRASES, box_threshold=0.0, text_threshold=0.0) for item in images]
+    singles = [all_detections] + [
+        detector.detect(item, PHRASES, box_threshold=0.0, text_threshold=0.0) for item in images[1:]
+    ]
     assert len(batched) == len(images)
     for from_batch, single in zip(batched, singles, strict=True):
         assert [item.label for item in from_batch] == [item.label for item in single]
         assert torch.allclose(boxes_tensor(from_batch), boxes_tensor(single), atol=1e-4)
+    assert not torch.allclose(boxes_tensor(batched[0]), boxes_tensor(batched[2]))  # rows not mixed up
 
 
 def boxes_tensor(detections: Sequence[Detection]) -> torch.Tensor:

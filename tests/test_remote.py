@@ -1,0 +1,525 @@
+"""The RunPod offload client against a simulated RunPod API, and end to end against the real worker."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ml_backend.config import Settings, load_settings
+from ml_backend.engine import Engine
+from ml_backend.masks import decode_rle, encode_rle
+from ml_backend.remote import (
+    RemoteEngine,
+    RemoteInferenceError,
+    RemoteTimeoutError,
+    endpoint_url,
+    job_outcome,
+    share_budget,
+    worker_error_text,
+)
+from ml_backend.schemas import BatchImage, BatchRequest, DetectRequest, RequestError, SegmentRequest
+from tests.fake_runpod import FakeRunPod, Reply, fake_runpod
+from tests.support import free_port, make_image, wait_for_http
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "rp-test-key"
+MB = 1024 * 1024
+
+
+class FakeClock:
+    """Time that only moves when the client sleeps, so retries and deadlines cost no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def detect_output(width: int = 64, height: int = 48) -> dict[str, Any]:
+    return {
+        "task": "detect",
+        "model": "grounding_dino",
+        "model_id": "IDEA-Research/grounding-dino-base",
+        "image": {"width": width, "height": height},
+        "detections": [{"label": "cat", "score": 0.9, "box": [0.1, 0.2, 0.3, 0.4]}],
+        "timing_ms": {"download": 1.0, "inference": 2.0, "total": 3.0},
+    }
+
+
+def image_size_of(encoded: str) -> tuple[int, int]:
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        return image.size
+
+
+def sizing_handler(job: dict[str, Any]) -> dict[str, Any]:
+    """A worker stand-in that reports the size of the image it received."""
+    payload = job["input"]
+    if payload["task"] == "batch":
+        results = [
+            {
+                "id": image["id"],
+                "image": dict(zip(("width", "height"), image_size_of(image["base64"]), strict=True)),
+                "detections": [],
+            }
+            for image in payload["images"]
+        ]
+        return {
+            "task": "batch",
+            "model": "grounding_dino",
+            "model_id": "m",
+            "results": results,
+            "timing_ms": {},
+        }
+    width, height = image_size_of(payload["image_base64"])
+    output = detect_output(width, height)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[: height // 2, : width // 2] = True
+    output["detections"][0]["mask"] = encode_rle(mask).model_dump()
+    return output
+
+
+def noise_png(path: Path, width: int, height: int) -> Path:
+    """Random pixels barely compress: a PNG of about 3 bytes per pixel."""
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG")
+    return path
+
+
+def remote_settings(fake: FakeRunPod, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "runpod_api_key": API_KEY,
+        "runpod_base_url": fake.base_url,
+        "runpod_endpoint_od_annotation": fake.endpoint_id,
+        "runpod_timeout_s": 60.0,
+        **overrides,
+    }
+    return load_settings(**values)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRunPod]:
+    with fake_runpod(api_key=API_KEY, handler=lambda job: detect_output()) as server:
+        yield server
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def small_png(tmp_path: Path) -> Path:
+    path = tmp_path / "small.png"
+    path.write_bytes(make_image(64, 48))
+    return path
+
+
+def client(fake: FakeRunPod, clock: FakeClock, **overrides: Any) -> RemoteEngine:
+    return RemoteEngine(remote_settings(fake, **overrides), sleep=clock.sleep, clock=clock)
+
+
+def detect_request(path: Path) -> DetectRequest:
+    return DetectRequest(model="grounding_dino", image_path=str(path), text_prompt="cat")
+
+
+# ---- pure functions ----
+
+
+def test_endpoint_url_accepts_an_id_a_full_url_or_a_bare_server() -> None:
+    assert endpoint_url(load_settings(runpod_endpoint_od_annotation="abc")) == "https://api.runpod.ai/v2/abc"
+    full = load_settings(runpod_base_url="https://proxy.example/v2/abc/", runpod_endpoint_od_annotation="abc")
+    assert endpoint_url(full) == "https://proxy.example/v2/abc"
+    local = load_settings(runpod_base_url="http://127.0.0.1:8000", runpod_endpoint_od_annotation="")
+    assert endpoint_url(local) == "http://127.0.0.1:8000"
+
+
+def test_share_budget_lets_small_items_keep_their_size() -> None:
+    assert share_budget([10, 500, 1000], 900) == [10, 445, 445]
+    assert share_budget([100, 200], 1000) == [100, 200]
+    assert share_budget([], 50) == []
+
+
+def test_worker_error_text() -> None:
+    assert worker_error_text("point.0: Input should be less than or equal to 1") == (
+        "point.0: Input should be less than or equal to 1"
+    )
+    traceback = json.dumps(
+        {
+            "error_type": "<class 'RuntimeError'>",
+            "error_message": "model exploded",
+            "error_traceback": "Traceback ...",
+        }
+    )
+    assert worker_error_text(traceback) == "RunPod worker failed (RuntimeError: model exploded)"
+    assert worker_error_text(["a", "b"]) == "a; b"
+    assert worker_error_text("") is None
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        ({"id": "j1", "status": "CANCELLED"}, "RunPod job j1 was cancelled"),
+        ({"id": "j1", "status": "TIMED_OUT"}, "RunPod job j1 timed out on RunPod"),
+        ({"id": "j1", "status": "COMPLETED"}, "RunPod job j1 completed without a result"),
+        ({"id": "j1", "status": "COMPLETED", "output": {"error": "boom"}}, "boom"),
+        ({"id": "j1", "status": "COMPLETED", "output": {"detections": 3}}, "RunPod job j1 returned a result"),
+    ],
+)
+def test_job_outcome_errors(job: dict, expected: str) -> None:
+    with pytest.raises(RemoteInferenceError) as caught:
+        job_outcome(job)
+    assert str(caught.value).startswith(expected)
+    assert caught.value.job_id == "j1"
+
+
+# ---- against the simulated RunPod API ----
+
+
+def test_runsync_sends_the_image_and_parses_the_result(
+    fake: FakeRunPod, clock: FakeClock, small_png: Path
+) -> None:
+    response = client(fake, clock).run(detect_request(small_png))
+
+    assert response.model_dump(mode="json", exclude_none=True) == detect_output()
+    [sent] = fake.seen("runsync")
+    assert sent.path == "/odannot123/runsync"
+    assert sent.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert sent.headers["Content-Type"] == "application/json"
+    assert 1_000 <= int(sent.query["wait"][0]) <= 60_000
+    body = sent.json()
+    assert set(body) == {"input"}
+    assert "image_path" not in body["input"]
+    assert base64.b64decode(body["input"]["image_base64"]) == small_png.read_bytes(), (
+        "a small file goes as it is"
+    )
+    assert body["input"]["text_prompt"] == "cat" and body["input"]["task"] == "detect"
+    assert fake.seen("status") == []
+
+
+def test_429_is_retried_honouring_retry_after(fake: FakeRunPod, clock: FakeClock, small_png: Path) -> None:
+    fake.fail_next("runsync", Reply(429, headers={"Retry-After": "3"}), Reply(429))
+    response = client(fake, clock).run(detect_request(small_png))
+    assert response.task == "detect"
+    assert len(fake.seen("runsync")) == 3
+    assert clock.sleeps == [3.0, 1.0]
+
+
+def test_5xx_is_retried_on_submit_and_on_status(fake: FakeRunPod, clock: FakeClock, small_png: Path) -> None:
+    fake.progress = ["IN_QUEUE"]
+    fake.fail_next("runsync", Reply(500), Reply(503))
+    fake.fail_next("status", Reply(502))
+    response = client(fake, clock).run(detect_request(small_png))
+    assert response.task == "detect"
+    assert len(fake.seen("runsync")) == 3
+    assert len(fake.seen("status")) == 2
+
+
+def test_retries_are_bounded(fake: FakeRunPod, clock: FakeClock, small_png: Path) -> None:
+    fake.fail_next("runsync", *[Reply(503)] * 5)
+    with pytest.raises(RemoteInferenceError, match=r"HTTP 503; gave up after 5 tries"):
+        client(fake, clock).run(detect_request(small_png))
+    assert len(fake.seen("runsync")) == 5
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_unreachable_endpoint_is_retried_then_reported(
+    fake: FakeRunPod, clock: FakeClock, small_png: Path
+) -> None:
+    engine = client(fake, clock, runpod_base_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(
+        RemoteInferenceError, match=r"cannot reach RunPod at .*ConnectionError.*gave up after 5 tries"
+    ):
+        engine.run(detect_request(small_png))
+    assert len(clock.sleeps) == 4
+
+
+def test_slow_job_is_polled_to_completion(fake: FakeRunPod, clock: FakeClock, small_png: Path) -> None:
+    fake.progress = ["IN_QUEUE", "IN_QUEUE", "IN_PROGRESS", "RUNNING"]
+    response = client(fake, clock).run(detect_request(small_png))
+    assert response.task == "detect"
+    assert len(fake.seen("runsync")) == 1
+    polls = fake.seen("status")
+    assert len(polls) == 4
+    [job_id] = fake.jobs
+    assert all(poll.path == f"/odannot123/status/{job_id}" for poll in polls)
+    assert clock.sleeps == sorted(clock.sleeps) and clock.sleeps[0] < clock.sleeps[-1], "polls back off"
+
+
+def test_failed_job_error_reaches_the_user_verbatim(
+    fake: FakeRunPod, clock: FakeClock, small_png: Path
+) -> None:
+    message = "image_url: download failed with HTTP 404"
+    fake.fail_with(message)
+    with pytest.raises(RemoteInferenceError) as caught:
+        client(fake, clock).run(detect_request(small_png))
+    assert str(caught.value) == message
+    assert caught.value.status == "FAILED" and caught.value.job_id.startswith("sync-")
+
+
+def test_handler_exception_shows_its_message_not_the_traceback(
+    fake: FakeRunPod, clock: FakeClock, small_png: Path
+) -> None:
+    fake.fail_with(
+        json.dumps(
+            {
+                "error_type": "<class 'torch.OutOfMemoryError'>",
+                "error_message": "CUDA out of memory",
+                "error_traceback": "Traceback (most recent call last): ...",
+            }
+        )
+    )
+    with pytest.raises(RemoteInferenceError) as caught:
+        client(fake, clock).run(detect_request(small_png))
+    assert str(caught.value) == "RunPod worker failed (OutOfMemoryError: CUDA out of memory)"
+
+
+def test_timeout_cancels_the_job(fake: FakeRunPod, clock: FakeClock, small_png: Path) -> None:
+    fake.stall = True
+    with pytest.raises(RemoteTimeoutError, match=r"RUNPOD_TIMEOUT_S=10s") as caught:
+        client(fake, clock, runpod_timeout_s=10).run(detect_request(small_png))
+    job_id = caught.value.job_id
+    assert job_id in fake.jobs
+    [cancel] = fake.seen("cancel")
+    assert cancel.path == f"/odannot123/cancel/{job_id}"
+    assert fake.jobs[job_id]["state"] == "CANCELLED"
+    assert 10 <= clock.now <= 10.5 and len(fake.seen("status")) < 20
+
+
+def test_bad_key_is_a_clear_error_without_retries(
+    fake: FakeRunPod, clock: FakeClock, small_png: Path
+) -> None:
+    with pytest.raises(RemoteInferenceError, match=r"HTTP 401\): check RUNPOD_API_KEY"):
+        client(fake, clock, runpod_api_key="wrong").run(detect_request(small_png))
+    with pytest.raises(RemoteInferenceError, match=r"HTTP 401\): RUNPOD_API_KEY is not set"):
+        client(fake, clock, runpod_api_key=None).run(detect_request(small_png))
+    assert len(fake.seen("runsync")) == 2
+    assert clock.sleeps == []
+
+
+def test_unknown_endpoint_names_the_setting(fake: FakeRunPod, clock: FakeClock, small_png: Path) -> None:
+    with pytest.raises(RemoteInferenceError, match=r"HTTP 404\): check RUNPOD_ENDPOINT_OD_ANNOTATION"):
+        client(fake, clock, runpod_endpoint_od_annotation="elsewhere").run(detect_request(small_png))
+
+
+def test_status_404_means_the_job_expired(fake: FakeRunPod, clock: FakeClock, small_png: Path) -> None:
+    engine = client(fake, clock)
+    job_id = engine.run_async(detect_request(small_png))
+    fake.forget_jobs()
+    with pytest.raises(RemoteInferenceError, match=rf"RunPod job {job_id} expired"):
+        engine.wait(job_id)
+
+
+def test_run_async_then_wait(fake: FakeRunPod, clock: FakeClock, small_png: Path) -> None:
+    fake.progress = ["IN_PROGRESS"]
+    engine = client(fake, clock)
+    job_id = engine.run_async(detect_request(small_png))
+    [queued] = fake.seen("run")
+    assert queued.path == "/odannot123/run" and "wait" not in queued.query
+    assert not job_id.startswith("sync-")
+    response = engine.wait(job_id)
+    assert response.model_dump(mode="json", exclude_none=True) == detect_output()
+    assert len(fake.seen("status")) == 2
+    assert clock.sleeps == [0.5]
+
+
+def test_large_image_is_downscaled_under_the_budget(
+    fake: FakeRunPod, clock: FakeClock, tmp_path: Path
+) -> None:
+    fake.handler = sizing_handler
+    big = noise_png(tmp_path / "noise.png", 400, 300)
+    assert big.stat().st_size > 300_000
+    budget_mb = 0.03
+    response = client(fake, clock, runpod_max_payload_mb=budget_mb).run(detect_request(big))
+
+    [sent] = fake.seen("runsync")
+    assert len(sent.body) <= budget_mb * MB
+    encoded = base64.b64decode(sent.json()["input"]["image_base64"])
+    assert encoded[:2] == b"\xff\xd8", "re-encoded as JPEG"
+    shipped_width, shipped_height = image_size_of(sent.json()["input"]["image_base64"])
+    assert shipped_width < 400 and abs(shipped_width / shipped_height - 4 / 3) < 0.02
+    # results come back at the caller's (original) size: Label Studio draws masks at that size
+    assert (response.image.width, response.image.height) == (400, 300)
+    mask = decode_rle(response.detections[0].mask)
+    assert mask.shape == (300, 400)
+    assert mask[:140, :190].all() and not mask[160:, 210:].any()
+
+
+def test_batch_budget_is_shared_and_unreadable_images_keep_their_place(
+    fake: FakeRunPod, clock: FakeClock, tmp_path: Path, small_png: Path
+) -> None:
+    fake.handler = sizing_handler
+    images = [
+        BatchImage(id="big1", path=str(noise_png(tmp_path / "a.png", 300, 300))),
+        BatchImage(id="missing", path=str(tmp_path / "gone.png")),
+        BatchImage(id="small", path=str(small_png)),
+        BatchImage(id="big2", path=str(noise_png(tmp_path / "b.png", 200, 400))),
+    ]
+    request = BatchRequest(model="grounding_dino", text_prompt="cat", images=images)
+    budget_mb = 0.12
+    response = client(fake, clock, runpod_max_payload_mb=budget_mb).run(request)
+
+    [sent] = fake.seen("runsync")
+    assert len(sent.body) <= budget_mb * MB
+    shipped = {image["id"]: base64.b64decode(image["base64"]) for image in sent.json()["input"]["images"]}
+    assert list(shipped) == ["big1", "small", "big2"]
+    assert shipped["small"] == small_png.read_bytes()
+    assert shipped["big1"][:2] == shipped["big2"][:2] == b"\xff\xd8"
+    assert [item.id for item in response.results] == ["big1", "missing", "small", "big2"]
+    assert response.results[1].error == f"images.1.path: no such file {tmp_path / 'gone.png'}"
+    assert response.results[2].image.width == 64
+    assert (response.results[3].image.width, response.results[3].image.height) == (200, 400)
+
+
+def test_unreadable_single_image_is_a_request_error(
+    fake: FakeRunPod, clock: FakeClock, tmp_path: Path
+) -> None:
+    with pytest.raises(RequestError, match=r"^image_path: no such file"):
+        client(fake, clock).run(detect_request(tmp_path / "gone.png"))
+    assert fake.requests == []
+
+
+def test_api_key_never_reaches_logs_errors_or_describe(
+    fake: FakeRunPod, clock: FakeClock, small_png: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    engine = client(fake, clock, runpod_timeout_s=5)
+    fake.fail_next("runsync", Reply(429), Reply(500))
+    engine.run(detect_request(small_png))
+    fake.stall = True
+    with pytest.raises(RemoteTimeoutError) as caught:
+        engine.run(detect_request(small_png))
+
+    assert "retry 1 of 4" in caplog.text and "cancel answered HTTP 200" in caplog.text
+    assert "/odannot123/runsync" in caplog.text, "urllib3's request log is captured too"
+    assert API_KEY not in caplog.text
+    assert API_KEY not in str(caught.value)
+    assert engine.describe() == {
+        "inference_mode": "runpod",
+        "endpoint": "odannot123",
+        "endpoint_url": fake.endpoint_url,
+        "timeout_s": 5.0,
+        "max_payload_mb": 18.0,
+    }
+
+
+# ---- end to end: the real worker behind the SDK's local API ----
+
+
+@pytest.fixture(scope="module")
+def worker_api(tiny_hf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log_file = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**os.environ, "ALLOW_PRIVATE_URLS": "true", "DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "ml_backend.worker",
+        "--rp_serve_api",
+        "--rp_api_host",
+        "127.0.0.1",
+        "--rp_api_port",
+        str(port),
+    ]
+    with log_file.open("wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_for_http(f"{base}/openapi.json", timeout=120)
+        except TimeoutError:
+            pytest.fail(f"worker did not start:\n{log_file.read_text()[-3000:]}")
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    path.write_bytes(make_image(64, 48))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_engine(tiny_hf_cache: Path) -> Engine:
+    return Engine(load_settings(device="cpu", allow_private_urls=True), allow_local_paths=True)
+
+
+@pytest.fixture(scope="module")
+def remote_engine(worker_api: str) -> RemoteEngine:
+    settings = load_settings(
+        device="cpu", runpod_base_url=worker_api, runpod_endpoint_od_annotation="", runpod_timeout_s=120
+    )
+    return RemoteEngine(settings)
+
+
+def without_timing(response: Any) -> dict[str, Any]:
+    return response.model_dump(exclude={"timing_ms"})
+
+
+@pytest.mark.slow
+def test_remote_detect_equals_local(remote_engine: RemoteEngine, local_engine: Engine, scene: Path) -> None:
+    request = DetectRequest(
+        model="grounding_dino",
+        image_path=str(scene),
+        text_prompt="shelf . product",
+        box_threshold=0.0,
+        text_threshold=0.0,
+    )
+    remote = remote_engine.run(request)
+    assert remote.detections, "threshold 0 keeps every query"
+    assert without_timing(remote) == without_timing(local_engine.run(request))
+
+
+@pytest.mark.slow
+def test_remote_segment_equals_local(remote_engine: RemoteEngine, local_engine: Engine, scene: Path) -> None:
+    request = SegmentRequest(
+        model="sam2", image_path=str(scene), points=[(0.5, 0.5), (0.2, 0.3)], labels=[1, 0], multimask=True
+    )
+    remote = remote_engine.run(request)
+    assert len(remote.masks) == 3 and all(mask.mask is not None for mask in remote.masks)
+    assert without_timing(remote) == without_timing(local_engine.run(request))
+
+
+@pytest.mark.slow
+def test_remote_async_job_equals_local(
+    remote_engine: RemoteEngine, local_engine: Engine, scene: Path
+) -> None:
+    request = SegmentRequest(
+        model="sam2", image_path=str(scene), box=(0.1, 0.1, 0.8, 0.9), mask_format="both"
+    )
+    job_id = remote_engine.run_async(request)
+    assert without_timing(remote_engine.wait(job_id)) == without_timing(local_engine.run(request))
+
+
+@pytest.mark.slow
+def test_remote_worker_rejection_reaches_the_user(remote_engine: RemoteEngine, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    with pytest.raises(
+        RemoteInferenceError, match=r"^image_base64: cannot decode image \(UnidentifiedImageError"
+    ):
+        remote_engine.run(SegmentRequest(model="sam2", image_path=str(broken), point=(0.5, 0.5)))
