@@ -12,6 +12,7 @@ import threading
 
 from ml_backend.config import settings
 from ml_backend.labelstudio.base import create_app
+from ml_backend.labelstudio.jobs_api import create_jobs_blueprint
 from ml_backend.logs import configure_logging
 from model import ODAnnotationModel
 
@@ -24,6 +25,7 @@ app = create_app(
     basic_auth_pass=settings.basic_auth_pass.get_secret_value() if settings.basic_auth_pass else None,
     health_details=getattr(ODAnnotationModel, "health_details", None),
 )
+app.register_blueprint(create_jobs_blueprint(settings))
 
 
 def _preload_models() -> None:

@@ -129,6 +129,8 @@ def test_florence2_tasks(engine: Engine, image_b64: str, task: str, text: str | 
         assert_unit_box(detection.box)
         if detection.mask is not None:
             assert_mask_size(detection.mask, WIDTH, HEIGHT)
+        if task == "referring_expression_segmentation":
+            assert detection.label == text, "instances of a referring expression carry the expression"
 
 
 def test_sam3_text_detection_has_masks(engine: Engine, image_b64: str) -> None:

@@ -25,6 +25,7 @@ from ml_backend.schemas import (
     DetectOptions,
     DetectRequest,
     DetectResponse,
+    ImageSize,
     RequestError,
     SegmentRequest,
     SegmentResponse,
@@ -37,6 +38,24 @@ Prediction = dict[str, Any]
 
 class NoUsableImagesError(RequestError):
     """Every task of a batch failed before inference; the message lists why."""
+
+
+@dataclass(frozen=True)
+class BatchOverrides:
+    """What a background job may choose instead of the backend's defaults."""
+
+    model: str | None = None
+    prompt: str | None = None
+    with_masks: bool | None = None
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """A task's prediction, or the error that kept it from getting one."""
+
+    task_id: Any
+    prediction: Prediction | None = None
+    error: Exception | None = None
 
 
 def model_version_for(settings: Settings, model: str | None = None) -> str:
@@ -126,56 +145,111 @@ class Predictor:
     # ---- batch ----
 
     def predict_batch(self, tasks: Sequence[dict], interface: ProjectInterface) -> list[Prediction]:
-        phrases = interface.batch_phrases()
-        paths = self._resolve_all(tasks, interface)
+        """One prediction per task, in order; a task whose image fails gets an empty prediction."""
+        outcomes = self.annotate(tasks, interface)
+        if tasks and all(outcome.prediction is None for outcome in outcomes):
+            reasons = "; ".join(f"task {outcome.task_id}: {outcome.error}" for outcome in outcomes)
+            raise NoUsableImagesError(f"no task could be annotated ({reasons})")
+        version = self.model_version(BatchOverrides())
+        return [outcome.prediction or build_prediction([], version) for outcome in outcomes]
+
+    def annotate(
+        self, tasks: Sequence[dict], interface: ProjectInterface, overrides: BatchOverrides | None = None
+    ) -> list[TaskOutcome]:
+        """Pre-label tasks from the project's labels (or `overrides.prompt`); one outcome per task.
+
+        Images download concurrently. With the local engine each image goes to the model as soon as it
+        is ready, so downloads overlap inference; offloaded, the ready images travel as one batch job.
+        """
+        overrides = overrides or BatchOverrides()
+        options = self._detect_options(
+            interface,
+            overrides.prompt or " . ".join(interface.batch_phrases()),
+            overrides.model,
+            overrides.with_masks,
+        )
+        version = self.model_version(overrides)
+        with ThreadPoolExecutor(IMAGE_FETCH_THREADS, thread_name_prefix="ls-image") as pool:
+            paths = [pool.submit(self._resolve, task, interface) for task in tasks]
+            if isinstance(self.backend, Engine):
+                return [
+                    self._annotate_one(task, path.result(), options, interface, version)
+                    for task, path in zip(tasks, paths, strict=True)
+                ]
+            return self._annotate_remote(
+                tasks, [path.result() for path in paths], options, interface, version
+            )
+
+    def model_version(self, overrides: BatchOverrides) -> str:
+        return model_version_for(self.settings, overrides.model)
+
+    def _resolve(self, task: dict, interface: ProjectInterface) -> str | Exception:
+        try:
+            return self.resolve_image(interface.task_image(task), task.get("id"))
+        except (RequestError, ValueError) as error:
+            return error
+
+    def _annotate_one(
+        self,
+        task: dict,
+        path: str | Exception,
+        options: DetectOptions,
+        interface: ProjectInterface,
+        version: str,
+    ) -> TaskOutcome:
+        if isinstance(path, Exception):
+            return TaskOutcome(task.get("id"), error=path)
+        try:
+            response = self.backend.run(DetectRequest(image_path=path, **options.model_dump()))
+        except RequestError as error:
+            return TaskOutcome(task.get("id"), error=error)
+        assert isinstance(response, DetectResponse)
+        return self._outcome(task, response.detections, response.image, interface, version)
+
+    def _annotate_remote(
+        self,
+        tasks: Sequence[dict],
+        paths: list[str | Exception],
+        options: DetectOptions,
+        interface: ProjectInterface,
+        version: str,
+    ) -> list[TaskOutcome]:
         ready = [
             (task, path) for task, path in zip(tasks, paths, strict=True) if not isinstance(path, Exception)
         ]
-        if not ready:
-            reasons = "; ".join(
-                f"task {task.get('id')}: {error}" for task, error in zip(tasks, paths, strict=True)
-            )
-            raise NoUsableImagesError(f"no task image could be read ({reasons})")
-        options = self._detect_options(interface, " . ".join(phrases))
-        images = [BatchImage(id=str(task.get("id")), path=path) for task, path in ready]
-        response = self.backend.run(BatchRequest(images=images, **options.model_dump()))
-        by_id = {str(item.id): item for item in response.results}
-        version = model_version_for(self.settings)
-        predictions = []
+        items = {}
+        if ready:
+            images = [BatchImage(id=str(task.get("id")), path=path) for task, path in ready]
+            response = self.backend.run(BatchRequest(images=images, **options.model_dump()))
+            items = {str(item.id): item for item in response.results}
+        outcomes = []
         for task, path in zip(tasks, paths, strict=True):
-            item = by_id.get(str(task.get("id")))
-            error = str(path) if isinstance(path, Exception) else (item.error if item else "no result")
-            if error or item is None or item.image is None:
-                log.warning("task %s: no prediction (%s)", task.get("id"), error)
-                predictions.append(build_prediction([], version))
-                continue
-            results = detections_to_results(
-                item.detections or [],
-                interface,
-                item.image.width,
-                item.image.height,
-                interface.label_for_phrase,
-            )
-            predictions.append(build_prediction(results, version))
-        return predictions
+            item = items.get(str(task.get("id")))
+            if isinstance(path, Exception) or item is None or item.image is None:
+                error = (
+                    path if isinstance(path, Exception) else RequestError(item.error if item else "no result")
+                )
+                outcomes.append(TaskOutcome(task.get("id"), error=error))
+            else:
+                outcomes.append(self._outcome(task, item.detections or [], item.image, interface, version))
+        return outcomes
 
-    def _resolve_all(self, tasks: Sequence[dict], interface: ProjectInterface) -> list[str | Exception]:
-        def resolve(task: dict) -> str | Exception:
-            try:
-                return self.resolve_image(interface.task_image(task), task.get("id"))
-            except (RequestError, ValueError) as error:
-                return error
-
-        with ThreadPoolExecutor(
-            min(IMAGE_FETCH_THREADS, max(1, len(tasks))), thread_name_prefix="ls-image"
-        ) as pool:
-            return list(pool.map(resolve, tasks))
+    def _outcome(
+        self, task: dict, detections: list, image: ImageSize, interface: ProjectInterface, version: str
+    ) -> TaskOutcome:
+        results = detections_to_results(
+            detections, interface, image.width, image.height, interface.label_for_phrase
+        )
+        return TaskOutcome(task.get("id"), prediction=build_prediction(results, version))
 
     # ---- shared ----
 
-    def _detect_options(self, interface: ProjectInterface, text: str) -> DetectOptions:
-        model = self.settings.text_prompt_model
-        wants_masks = interface.first_of(BRUSH) is not None or interface.first_of(POLYGON) is not None
+    def _detect_options(
+        self, interface: ProjectInterface, text: str, model: str | None = None, with_masks: bool | None = None
+    ) -> DetectOptions:
+        model = model or self.settings.text_prompt_model
+        has_mask_tags = interface.first_of(BRUSH) is not None or interface.first_of(POLYGON) is not None
+        wants_masks = has_mask_tags if with_masks is None else with_masks
         options: dict[str, Any] = {"model": model, "text_prompt": text}
         if model == "grounding_dino":
             options["with_masks"] = wants_masks

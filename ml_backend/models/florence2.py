@@ -50,7 +50,11 @@ class Florence2Runner:
         parsed = self.processor.post_process_generation(
             generated, task=token, image_size=(image.width, image.height)
         )
-        return detections_from_parsed(task, parsed[token], image.width, image.height)
+        detections = detections_from_parsed(task, parsed[token], image.width, image.height)
+        if task in FLORENCE2_TASKS_NEEDING_TEXT and text:
+            # referring segmentation labels its instances ""; they are instances of the expression
+            detections = [Detection(d.label or text.strip(), d.score, d.box, d.mask) for d in detections]
+        return detections
 
     def detect(
         self, image: RGBImage, phrases: Sequence[str], *, box_threshold: float, text_threshold: float
