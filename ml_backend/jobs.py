@@ -324,7 +324,9 @@ def _lease(store: JobStore, job_id: str, index: int) -> Iterator[bool]:
         store.release_lease(job_id, index, token)
 
 
-def process_chunk(store: JobStore, job_id: str, index: int, project: LabelStudioProject | None = None) -> str:
+def process_chunk(
+    store: JobStore, job_id: str, index: int, project: LabelStudioProject, settings: Settings
+) -> str:
     """Annotate one chunk; idempotent. Returns what happened (for logs and rq results)."""
     meta = store.meta(job_id)
     if meta is None:
@@ -337,14 +339,19 @@ def process_chunk(store: JobStore, job_id: str, index: int, project: LabelStudio
         store.set_chunk_state(job_id, index, "running")
         if meta.get("started_at") is None:
             store.update(job_id, started_at=time.time(), state="running")
-        _annotate_chunk(store, job_id, index, meta, project or LabelStudioProject(default_settings))
+        _annotate_chunk(store, job_id, index, meta, project, settings)
         store.set_chunk_state(job_id, index, "done")
     _finish_if_complete(store, job_id)
     return "done"
 
 
 def _annotate_chunk(
-    store: JobStore, job_id: str, index: int, meta: dict[str, Any], project: LabelStudioProject
+    store: JobStore,
+    job_id: str,
+    index: int,
+    meta: dict[str, Any],
+    project: LabelStudioProject,
+    settings: Settings,
 ) -> None:
     from ml_backend.labelstudio.interface import ProjectInterface
     from ml_backend.labelstudio.predictor import BatchOverrides
@@ -359,7 +366,7 @@ def _annotate_chunk(
             todo.append(project.task(task_id))
     overrides = BatchOverrides(model=spec.model, prompt=spec.prompt, with_masks=spec.with_masks)
     transient: list[str] = []
-    for outcome in job_predictor(default_settings).annotate(todo, interface, overrides):
+    for outcome in job_predictor(settings).annotate(todo, interface, overrides):
         if outcome.prediction is not None:
             project.write_prediction(outcome.task_id, outcome.prediction, replace=spec.overwrite)
             store.mark_done(job_id, outcome.task_id)
@@ -401,7 +408,8 @@ def job_predictor(settings: Settings) -> Predictor:
 
 def run_chunk(job_id: str, index: int) -> str:
     """What an `rq worker` executes for one chunk."""
-    return process_chunk(RedisJobStore(_redis(default_settings.redis_url)), job_id, index)
+    store = RedisJobStore(_redis(default_settings.redis_url))
+    return process_chunk(store, job_id, index, LabelStudioProject(default_settings), default_settings)
 
 
 def chunk_failed(job: Any, connection: Any, exc_type: Any, value: Any, traceback: Any) -> None:
@@ -545,7 +553,7 @@ class JobManager:
         for index in range(chunk_count):
             for attempt in range(self.settings.job_retries + 1):
                 try:
-                    process_chunk(self.store, job_id, index, self.project)
+                    process_chunk(self.store, job_id, index, self.project, self.settings)
                     break
                 except TransientTaskError as error:
                     log.warning("job %s chunk %d: %s (attempt %d)", job_id, index, error, attempt + 1)

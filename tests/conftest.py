@@ -7,9 +7,17 @@ huggingface_hub (both read these variables at import time). Subprocesses started
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
+
+from tests.support import free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +33,12 @@ os.environ.update(
     HF_HUB_CACHE=str(TINY_HUB_CACHE),
 )
 TINY_HUB_CACHE.mkdir(parents=True, exist_ok=True)
+
+# In-process code reads the global settings: run on the CPU, allow the loopback test servers, and
+# keep downloaded task images in a throwaway folder.
+os.environ.setdefault("DEVICE", "cpu")
+os.environ.setdefault("ALLOW_PRIVATE_URLS", "true")
+os.environ.setdefault("IMAGE_CACHE_DIR", str(ROOT / ".cache" / "test-images"))
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +56,112 @@ def tiny_hub_ids(tiny_hf_cache: Path) -> dict[str, str]:
     from tests.fixtures.tiny_models import DEFAULT_HUB_IDS
 
     return dict(DEFAULT_HUB_IDS)
+
+
+# ---- a real Label Studio and the real backend (session-scoped, started only when a test asks) ----
+LABEL_STUDIO_BIN = ROOT / ".cache" / "label-studio-venv" / "bin" / "label-studio"
+
+
+@dataclass(frozen=True)
+class LabelStudio:
+    url: str
+    token: str
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"Authorization": f"Token {self.token}", **kwargs.pop("headers", {})}
+        response = requests.request(method, f"{self.url}{path}", headers=headers, timeout=120, **kwargs)
+        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text[:500]}"
+        return response
+
+
+def _log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    if not LABEL_STUDIO_BIN.exists():
+        pytest.fail(f"{LABEL_STUDIO_BIN} missing: run `make label-studio-venv` (make test does)")
+    data = tmp_path_factory.mktemp("label-studio")
+    port = free_port()
+    token = secrets.token_hex(20)
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
+        "LATEST_VERSION_CHECK": "false",
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+        "COLLECT_ANALYTICS": "false",
+        "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",
+    }
+    for stray in ("USERNAME", "PASSWORD"):
+        env.pop(stray, None)
+    log_path = data / "label-studio.log"
+    command = [
+        str(LABEL_STUDIO_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
+        "--username", "admin@example.com", "--password", "pass1234", "--user-token", token,
+        "--enable-legacy-api-token",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", timeout=300, ok=lambda status: status == 200)
+        yield LabelStudio(url, token)
+    except TimeoutError:
+        pytest.fail(f"Label Studio did not start:\n{_log_tail(log_path)}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def backend_url(
+    label_studio: LabelStudio, tiny_hf_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The backend exactly as `make run` starts it (gunicorn, threads), on tiny models."""
+    port = free_port()
+    work = tmp_path_factory.mktemp("backend")
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "ALLOW_PRIVATE_URLS": "true",
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "IMAGE_CACHE_DIR": str(work / "images"),
+        "DEFAULT_BOX_THRESHOLD": "0",
+        "DEFAULT_TEXT_THRESHOLD": "0",
+        "PRELOAD_MODELS": "sam2",
+    }
+    log_path = work / "backend.log"
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    command = [
+        str(gunicorn),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "4",
+        "--timeout",
+        "300",
+        "_wsgi:app",
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", timeout=120, ok=lambda status: status == 200)
+        yield url
+    except TimeoutError:
+        pytest.fail(f"backend did not start:\n{_log_tail(log_path)}")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()

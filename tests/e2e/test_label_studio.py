@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
-from tests.e2e.conftest import LabelStudio
+from tests.conftest import LabelStudio
 from tests.labelstudio.configs import SAM_CONFIG, TEXT_PROMPT_CONFIG
 from tests.support import make_image
 

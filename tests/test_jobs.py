@@ -1,0 +1,288 @@
+"""Background jobs against real parts: redis-server, `rq worker` processes and a real Label Studio."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from ml_backend.config import Settings, load_settings
+from ml_backend.jobs import AnnotateSpec, JobManager, JobStatus, JobsUnavailableError
+from ml_backend.labelstudio.jobs_api import create_jobs_blueprint
+from tests.conftest import ROOT, LabelStudio
+from tests.labelstudio.configs import RECT_ONLY_CONFIG
+from tests.support import free_port, make_image
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+VERSION = "od-annotation/grounding_dino:IDEA-Research/grounding-dino-base"
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: `make test` installs the Debian package")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def job_env(label_studio: LabelStudio, redis_url: str, cache: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "DEFAULT_BOX_THRESHOLD": "0",
+        "DEFAULT_TEXT_THRESHOLD": "0",
+        "IMAGE_CACHE_DIR": str(cache),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    rq = Path(sys.executable).with_name("rq")
+    command = [
+        str(rq),
+        "worker",
+        "--url",
+        env["REDIS_URL"],
+        "--with-scheduler",
+        "--worker-class",
+        "rq.worker.SimpleWorker",
+        "od-annotation",
+    ]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+
+def make_project(
+    label_studio: LabelStudio, title: str, good: int, broken: int
+) -> tuple[int, list[int], set[int]]:
+    project = label_studio.api(
+        "POST", "/api/projects", json={"title": title, "label_config": RECT_ONLY_CONFIG}
+    ).json()
+    files = {
+        f"img{i:02d}.png": (f"img{i:02d}.png", make_image(48 + i % 3 * 8, 40), "image/png")
+        for i in range(good)
+    }
+    files |= {
+        f"broken{i}.png": (f"broken{i}.png", b"this is not a picture", "image/png") for i in range(broken)
+    }
+    label_studio.api("POST", f"/api/projects/{project['id']}/import", files=files)
+    tasks = label_studio.api("GET", f"/api/projects/{project['id']}/tasks/?page_size=1000").json()
+    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+    broken_ids = {task["id"] for task in tasks if "broken" in task["data"]["photo"]}
+    assert len(tasks) == good + broken and len(broken_ids) == broken
+    return project["id"], sorted(task["id"] for task in tasks), broken_ids
+
+
+def predictions_per_task(label_studio: LabelStudio, project: int) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for prediction in label_studio.api("GET", f"/api/predictions?project={project}").json():
+        if prediction["model_version"] == VERSION:
+            counts[prediction["task"]] = counts.get(prediction["task"], 0) + 1
+    return counts
+
+
+def wait_for(manager: JobManager, job_id: str, until, timeout: float = 240) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = manager.status(job_id)
+        assert status is not None
+        if until(status):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} stuck: {manager.status(job_id)}")
+
+
+def settings_for(label_studio: LabelStudio, redis_url: str | None, cache: Path, **overrides) -> Settings:
+    return load_settings(
+        redis_url=redis_url,
+        label_studio_url=label_studio.url,
+        label_studio_api_key=label_studio.token,
+        image_cache_dir=str(cache),
+        job_chunk_size=5,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def worker_env(
+    label_studio: LabelStudio, redis_url: str, tiny_hf_cache: Path, tmp_path_factory
+) -> dict[str, str]:
+    env = job_env(label_studio, redis_url, tmp_path_factory.mktemp("worker-images"))
+    env["JOB_CHUNK_SIZE"] = "5"
+    return env
+
+
+def test_project_with_broken_images_finishes_with_reasons(
+    label_studio: LabelStudio, redis_url: str, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    project, task_ids, broken = make_project(label_studio, "jobs: 40 tasks", good=38, broken=2)
+    worker = start_worker(worker_env, tmp_path / "worker.log")
+    try:
+        manager = JobManager(settings_for(label_studio, redis_url, tmp_path / "images"))
+        job_id = manager.submit(AnnotateSpec(project=project))
+        status = wait_for(manager, job_id, lambda s: s.state == "finished")
+    finally:
+        stop(worker)
+    assert (status.total, status.done, len(status.failed)) == (40, 38, 2)
+    assert {int(task) for task in status.failed} == broken
+    assert all("is not an image" in reason for reason in status.failed.values()), status.failed
+    assert status.images_per_s and status.images_per_s > 0
+    counts = predictions_per_task(label_studio, project)
+    assert set(counts) == set(task_ids) - broken
+    assert set(counts.values()) == {1}
+    # a second job finds nothing left to do: every task already has this model version
+    assert manager.status(manager.submit(AnnotateSpec(project=project))).total == 2
+
+
+def test_killed_worker_resumes_without_duplicates(
+    label_studio: LabelStudio, redis_url: str, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    project, task_ids, _ = make_project(label_studio, "jobs: kill", good=30, broken=0)
+    log = tmp_path / "worker.log"
+    manager = JobManager(settings_for(label_studio, redis_url, tmp_path / "images"))
+    first = start_worker(worker_env, log)
+    job_id = manager.submit(AnnotateSpec(project=project))
+    try:
+        wait_for(manager, job_id, lambda s: s.done >= 7)
+        stop(first, signal.SIGKILL)
+        killed_at = manager.status(job_id)
+        assert killed_at.state == "running" and killed_at.done < 30
+        second = start_worker(worker_env, log)
+        try:
+            status = wait_for(manager, job_id, lambda s: s.state == "finished")
+        finally:
+            stop(second)
+    finally:
+        stop(first, signal.SIGKILL)
+    assert (status.done, status.failed) == (30, {})
+    counts = predictions_per_task(label_studio, project)
+    assert counts == dict.fromkeys(task_ids, 1), "every task exactly one prediction of this model version"
+
+
+def test_cancel_stops_within_one_chunk(
+    label_studio: LabelStudio, redis_url: str, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    project, _, _ = make_project(label_studio, "jobs: cancel", good=30, broken=0)
+    manager = JobManager(settings_for(label_studio, redis_url, tmp_path / "images"))
+    worker = start_worker(worker_env, tmp_path / "worker.log")
+    try:
+        job_id = manager.submit(AnnotateSpec(project=project))
+        wait_for(manager, job_id, lambda s: s.done >= 1)
+        cancelled = manager.cancel(job_id)
+        assert cancelled is not None and cancelled.state == "cancelled"
+        time.sleep(8)
+        final = manager.status(job_id)
+    finally:
+        stop(worker)
+    assert final.state == "cancelled"
+    assert final.done <= cancelled.done + 5, "at most the chunk in flight finishes after a cancel"
+    assert final.done < 30
+
+
+def test_without_redis_the_job_runs_in_a_thread(
+    label_studio: LabelStudio, tiny_hf_cache: Path, tmp_path: Path
+) -> None:
+    project, task_ids, broken = make_project(label_studio, "jobs: embedded", good=4, broken=1)
+    manager = JobManager(settings_for(label_studio, None, tmp_path / "images", default_box_threshold=0.0))
+    job_id = manager.submit(AnnotateSpec(project=project, task_ids=task_ids))
+    status = wait_for(manager, job_id, lambda s: s.state == "finished")
+    assert (status.total, status.done, set(map(int, status.failed))) == (5, 4, broken)
+    assert set(predictions_per_task(label_studio, project)) == set(task_ids) - broken
+
+
+def test_redis_down_gives_a_clear_503(label_studio: LabelStudio, tmp_path: Path) -> None:
+    from flask import Flask
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings = settings_for(label_studio, dead, tmp_path / "images")
+    with pytest.raises(JobsUnavailableError, match="Redis at REDIS_URL is unreachable"):
+        JobManager(settings).submit(AnnotateSpec(project=1))
+    app = Flask(__name__)
+    app.register_blueprint(create_jobs_blueprint(settings))
+    answer = app.test_client().post("/jobs/annotate", json={"project": 1})
+    assert answer.status_code == 503
+    assert "Redis at REDIS_URL is unreachable" in answer.get_json()["message"]
+    assert app.test_client().post("/jobs/annotate", json={"project": 0}).status_code == 422
+
+
+def test_redis_down_leaves_interactive_predict_working(
+    label_studio: LabelStudio, tiny_hf_cache: Path, tmp_path: Path
+) -> None:
+    from ml_backend.labelstudio.base import create_app
+    from model import ODAnnotationModel
+    from tests.labelstudio.configs import SAM_CONFIG
+    from tests.support import serve_images
+
+    app = create_app(ODAnnotationModel)
+    app.register_blueprint(
+        create_jobs_blueprint(settings_for(label_studio, f"redis://127.0.0.1:{free_port()}/0", tmp_path))
+    )
+    client = app.test_client()
+    assert client.post("/jobs/annotate", json={"project": 1}).status_code == 503
+    with serve_images() as server:
+        url = server.add("/a.png", make_image(64, 48))
+        point = {
+            "original_width": 64,
+            "original_height": 48,
+            "value": {"x": 50.0, "y": 50.0, "keypointlabels": ["Banana"]},
+            "is_positive": True,
+            "from_name": "tag2",
+            "to_name": "image",
+            "type": "keypointlabels",
+        }
+        body = {
+            "tasks": [{"id": 1, "data": {"image": url}}],
+            "label_config": SAM_CONFIG,
+            "project": "1.1",
+            "params": {"context": {"result": [point]}},
+        }
+        answer = client.post("/predict", json=body)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["results"][0]["result"]
