@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,15 @@ class LabelStudio:
         return response
 
 
+def wait_for_models(url: str, names: set[str], timeout: float) -> None:
+    """PRELOAD_MODELS load in the background after start; wait until /health lists them."""
+    deadline = time.monotonic() + timeout
+    while not names <= set(requests.get(f"{url}/health", timeout=5).json().get("models_loaded", [])):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"models {names} not loaded after {timeout}s")
+        time.sleep(0.5)
+
+
 def _log_tail(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
@@ -135,7 +145,7 @@ def backend_url(
         "IMAGE_CACHE_DIR": str(work / "images"),
         "DEFAULT_BOX_THRESHOLD": "0",
         "DEFAULT_TEXT_THRESHOLD": "0",
-        "PRELOAD_MODELS": "sam2",
+        "PRELOAD_MODELS": "grounding_dino,sam2",
     }
     log_path = work / "backend.log"
     gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -156,6 +166,7 @@ def backend_url(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", timeout=120, ok=lambda status: status == 200)
+        wait_for_models(url, {"grounding_dino", "sam2"}, timeout=180)
         yield url
     except TimeoutError:
         pytest.fail(f"backend did not start:\n{_log_tail(log_path)}")

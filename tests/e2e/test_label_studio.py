@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import requests
 from label_studio_sdk.converter.brush import decode_rle
 
 from tests.conftest import LabelStudio
@@ -74,7 +75,9 @@ def sam_project(label_studio: LabelStudio, backend_url: str):
     return create_project(label_studio, "sam clicks", SAM_CONFIG, backend_url)
 
 
-def test_retrieve_predictions_stores_valid_predictions(label_studio: LabelStudio, text_project) -> None:
+def test_retrieve_predictions_stores_valid_predictions(
+    label_studio: LabelStudio, text_project, backend_url: str
+) -> None:
     project_id, _, tasks = text_project
     answer = label_studio.api(
         "POST",
@@ -84,7 +87,8 @@ def test_retrieve_predictions_stores_valid_predictions(label_studio: LabelStudio
     assert "detail" in answer
     for task in tasks:
         predictions = label_studio.api("GET", f"/api/predictions?task={task['id']}").json()
-        assert len(predictions) == 1, predictions
+        metrics = requests.get(f"{backend_url}/metrics", timeout=10).json()
+        assert len(predictions) == 1, f"no prediction stored; backend metrics: {metrics}"
         prediction = predictions[0]
         assert prediction["model_version"] == MODEL_VERSION
         types = assert_valid_regions(prediction["result"], *image_size_of(task))
