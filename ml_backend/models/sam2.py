@@ -95,8 +95,15 @@ class PromptableSegmenter:
         return self._processor_prompts(image, input_boxes=[pixel_boxes])
 
     def segment(self, image: RGBImage, prompt: SegmentPrompt, *, multimask: bool) -> list[SegmentMask]:
-        """One object: its 3 candidate masks ranked by predicted IoU when `multimask`, else the best one."""
-        masks, scores = self._predict(image, self.prompt_inputs(image, prompt), multimask_output=True)
+        """One object: its 3 candidate masks ranked by predicted IoU when `multimask`, else the best one.
+
+        A single click is ambiguous (part or whole?), so SAM proposes three masks and the best-scored
+        wins; several points or a box pin the object down, and SAM's single-mask output is meant for that.
+        """
+        ambiguous = len(prompt.points) <= 1 and prompt.box is None
+        masks, scores = self._predict(
+            image, self.prompt_inputs(image, prompt), multimask_output=multimask or ambiguous
+        )
         return rank_masks(masks[0], scores[0], keep=3 if multimask else 1)
 
     def segment_boxes(self, image: RGBImage, boxes: Sequence[BoxXYXY]) -> list[SegmentMask]:

@@ -179,3 +179,30 @@ def test_concurrent_requests_on_different_images_do_not_mix(segmenter: Promptabl
         expected = sequential[index % 2]
         assert result.score == pytest.approx(expected.score, abs=1e-6)
         np.testing.assert_array_equal(result.mask, expected.mask)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        (SegmentPrompt(points=[(0.5, 0.5)], labels=[1]), True),
+        (SegmentPrompt(points=[(0.4, 0.5), (0.7, 0.5)], labels=[1, 0]), False),
+        (SegmentPrompt(box=(0.1, 0.1, 0.6, 0.6)), False),
+    ],
+)
+def test_only_an_ambiguous_single_click_asks_for_three_candidates(
+    segmenter: PromptableSegmenter,
+    image: RGBImage,
+    monkeypatch: pytest.MonkeyPatch,
+    prompt: SegmentPrompt,
+    expected: bool,
+) -> None:
+    requested: list[bool] = []
+    predict = segmenter._predict
+
+    def recording(*args, multimask_output: bool):
+        requested.append(multimask_output)
+        return predict(*args, multimask_output=multimask_output)
+
+    monkeypatch.setattr(segmenter, "_predict", recording)
+    assert len(segmenter.segment(image, prompt, multimask=False)) == 1
+    assert requested == [expected]
