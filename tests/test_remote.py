@@ -426,7 +426,14 @@ def test_api_key_never_reaches_logs_errors_or_describe(
 @pytest.fixture(scope="module")
 def worker_api(tiny_hf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_file = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**os.environ, "ALLOW_PRIVATE_URLS": "true", "DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "ALLOW_PRIVATE_URLS": "true",
+        "DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        "DEFAULT_BOX_THRESHOLD": "0",
+        "DEFAULT_TEXT_THRESHOLD": "0",
+    }
     port = free_port()
     command = [
         sys.executable,
@@ -523,3 +530,60 @@ def test_remote_worker_rejection_reaches_the_user(remote_engine: RemoteEngine, t
         RemoteInferenceError, match=r"^image_base64: cannot decode image \(UnidentifiedImageError"
     ):
         remote_engine.run(SegmentRequest(model="sam2", image_path=str(broken), point=(0.5, 0.5)))
+
+
+def without_region_ids(predictions: list[dict]) -> list[dict]:
+    return [
+        {**p, "result": [{k: v for k, v in item.items() if k != "id"} for item in p["result"]]}
+        for p in predictions
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name", ["SAM_CONFIG", "TEXT_PROMPT_CONFIG"])
+def test_backend_in_runpod_mode_gives_the_local_results(
+    worker_api: str, tiny_hf_cache: Path, scene: Path, config_name: str
+) -> None:
+    """The Label Studio predictor over RemoteEngine (the real worker) and over the local Engine."""
+    from ml_backend.labelstudio.interface import ProjectInterface
+    from ml_backend.labelstudio.predictor import Predictor
+    from tests.labelstudio import configs
+
+    loose = {"device": "cpu", "default_box_threshold": 0.0, "default_text_threshold": 0.0}
+    local_settings = load_settings(**loose)
+    remote_settings = load_settings(
+        inference_mode="runpod",
+        runpod_base_url=worker_api,
+        runpod_endpoint_od_annotation="",
+        runpod_timeout_s=120,
+        **loose,
+    )
+
+    def same_path(value: str, task_id: int | None) -> str:
+        return value
+
+    local = Predictor(Engine(local_settings, allow_local_paths=True), same_path, local_settings)
+    remote = Predictor(RemoteEngine(remote_settings), same_path, remote_settings)
+    interface = ProjectInterface.from_config(getattr(configs, config_name))
+    tasks = [{"id": 1, "data": {"image": str(scene)}}, {"id": 2, "data": {"image": str(scene)}}]
+    if config_name == "SAM_CONFIG":
+        point = {
+            "value": {"x": 40.0, "y": 50.0, "keypointlabels": ["Banana"]},
+            "is_positive": True,
+            "from_name": "tag2",
+            "to_name": "image",
+            "type": "keypointlabels",
+        }
+        calls = [(tasks[:1], {"result": [point]})]
+    else:
+        prompt = {
+            "value": {"text": ["bottle"]},
+            "from_name": "prompt",
+            "to_name": "image",
+            "type": "textarea",
+        }
+        calls = [(tasks[:1], {"result": [prompt]}), (tasks, None)]  # a text prompt, then a batch (async job)
+    for call_tasks, context in calls:
+        expected = without_region_ids(local.predict(call_tasks, interface, context))
+        assert all(prediction["result"] for prediction in expected)
+        assert without_region_ids(remote.predict(call_tasks, interface, context)) == expected

@@ -159,3 +159,75 @@ def test_test_input_mode_runs_one_job(worker_env: dict[str, str], image_server) 
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "masks" in result.stdout + result.stderr
+
+
+EVERY_TASK_AND_MODEL = [
+    {
+        "task": "detect",
+        "model": "grounding_dino",
+        "text_prompt": "cat . dog",
+        "with_masks": True,
+        "box_threshold": 0,
+        "text_threshold": 0,
+    },
+    {"task": "detect", "model": "florence2", "florence2_task": "od"},
+    {
+        "task": "detect",
+        "model": "florence2",
+        "florence2_task": "referring_expression_segmentation",
+        "text_prompt": "the cat",
+    },
+    {"task": "detect", "model": "sam3", "text_prompt": "cat", "box_threshold": 0},
+    {"task": "segment", "model": "sam2", "point": [0.5, 0.5]},
+    {"task": "segment", "model": "sam2", "box": [0.1, 0.1, 0.8, 0.9], "mask_format": "both"},
+    {"task": "segment", "model": "sam3", "points": [[0.3, 0.3], [0.6, 0.6]], "labels": [1, 0]},
+    {"task": "segment", "model": "sam3", "prompt_type": "text", "text_prompt": "cat", "threshold": 0},
+    {
+        "task": "batch",
+        "model": "grounding_dino",
+        "text_prompt": "cat",
+        "box_threshold": 0,
+        "text_threshold": 0,
+    },
+    {"task": "batch", "model": "florence2"},
+    {"task": "batch", "model": "sam3", "text_prompt": "cat", "box_threshold": 0},
+]
+
+
+def assert_output_geometry(output: dict) -> None:
+    items = output["results"] if output["task"] == "batch" else [output]
+    for item in items:
+        assert item["image"] == {"width": 64, "height": 48}
+        for region in item.get("detections", []) + item.get("masks", []):
+            assert all(0 <= value <= 1 for value in region["box"])
+            if "mask" in region:
+                assert decode_rle(region["mask"]).shape == (48, 64)
+            for polygon in region.get("polygons", []):
+                assert all(0 <= value <= 1 for value in polygon)
+
+
+def with_image(payload: dict, url: str) -> dict:
+    if payload["task"] == "batch":
+        return {**payload, "images": [{"id": "a", "url": url}, {"id": "b", "url": url}]}
+    return {**payload, "image_url": url}
+
+
+@pytest.mark.parametrize("payload", EVERY_TASK_AND_MODEL, ids=lambda p: f"{p['task']}-{p['model']}-{len(p)}")
+def test_every_task_and_model_through_the_handler(image_server, tiny_hf_cache: Path, payload: dict) -> None:
+    output = worker.handler({"id": "t", "input": with_image(payload, image_server.url("/test.jpg"))})
+    assert "error" not in output, output
+    assert (output["task"], output["model"]) == (payload["task"], payload["model"])
+    assert_output_geometry(output)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("payload", EVERY_TASK_AND_MODEL, ids=lambda p: f"{p['task']}-{p['model']}-{len(p)}")
+def test_every_task_and_model_over_http(local_api: str, image_server, payload: dict) -> None:
+    body = requests.post(
+        f"{local_api}/runsync",
+        json={"input": with_image(payload, image_server.url("/test.jpg"))},
+        timeout=120,
+    ).json()
+    assert body["status"] == "COMPLETED", body
+    assert (body["output"]["task"], body["output"]["model"]) == (payload["task"], payload["model"])
+    assert_output_geometry(body["output"])

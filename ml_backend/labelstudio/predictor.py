@@ -22,6 +22,7 @@ from ml_backend.labelstudio.results import build_prediction, detections_to_resul
 from ml_backend.schemas import (
     BatchImage,
     BatchRequest,
+    BatchResponse,
     DetectOptions,
     DetectRequest,
     DetectResponse,
@@ -220,7 +221,7 @@ class Predictor:
         items = {}
         if ready:
             images = [BatchImage(id=str(task.get("id")), path=path) for task, path in ready]
-            response = self.backend.run(BatchRequest(images=images, **options.model_dump()))
+            response = self._run_batch(BatchRequest(images=images, **options.model_dump()))
             items = {str(item.id): item for item in response.results}
         outcomes = []
         for task, path in zip(tasks, paths, strict=True):
@@ -233,6 +234,13 @@ class Predictor:
             else:
                 outcomes.append(self._outcome(task, item.detections or [], item.image, interface, version))
         return outcomes
+
+    def _run_batch(self, request: BatchRequest) -> BatchResponse:
+        """Offloaded batches go as async jobs (`/run`, then `/status` polling) when the backend can."""
+        run_async = getattr(self.backend, "run_async", None)
+        response = self.backend.wait(run_async(request)) if run_async else self.backend.run(request)  # type: ignore[attr-defined]
+        assert isinstance(response, BatchResponse)
+        return response
 
     def _outcome(
         self, task: dict, detections: list, image: ImageSize, interface: ProjectInterface, version: str
