@@ -37,13 +37,27 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     return (cols[0] / width, rows[0] / height, (cols[-1] + 1) / width, (rows[-1] + 1) / height)
 
 
-def mask_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float = 4.0) -> list[list[float]]:
-    """Outer contours as flat normalised [x1, y1, x2, y2, ...] lists, simplified by `tolerance` pixels."""
+def mask_polygons(
+    mask: np.ndarray,
+    tolerance: float = 1.0,
+    min_area: float = 4.0,
+    max_polygons: int = 20,
+    min_relative_area: float = 0.01,
+) -> list[list[float]]:
+    """Outer contours as flat normalised [x1, y1, x2, y2, ...] lists, simplified by `tolerance` pixels.
+
+    Largest first; specks (under `min_area` pixels or `min_relative_area` of the largest part) are
+    left out, and at most `max_polygons` parts are kept, so a noisy mask cannot flood the annotator.
+    """
     height, width = mask.shape
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    polygons = []
-    for contour in sorted(contours, key=cv2.contourArea, reverse=True):
-        if cv2.contourArea(contour) < min_area:
+    ranked = sorted(contours, key=cv2.contourArea, reverse=True)
+    largest = cv2.contourArea(ranked[0]) if ranked else 0.0
+    polygons: list[list[float]] = []
+    for contour in ranked:
+        if len(polygons) == max_polygons:
+            break
+        if cv2.contourArea(contour) < max(min_area, min_relative_area * largest):
             continue
         simplified = cv2.approxPolyDP(contour, tolerance, True).reshape(-1, 2).astype(np.float64)
         if len(simplified) < 3:

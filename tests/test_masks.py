@@ -45,3 +45,15 @@ def test_polygons_to_mask_fills_the_shape() -> None:
     mask = polygons_to_mask([[10, 10, 30, 10, 30, 20, 10, 20]], 40, 30)
     assert mask.shape == (30, 40)
     assert mask[15, 20] and not mask[5, 5]
+
+
+def test_polygons_of_a_noisy_mask_are_bounded() -> None:
+    noisy = np.random.default_rng(1).random((200, 300)) > 0.6
+    noisy[50:150, 100:250] = True
+    polygons = mask_polygons(noisy)
+    assert 1 <= len(polygons) <= 20
+    areas = [
+        abs(np.dot(p[0::2], np.roll(p[1::2], 1)) - np.dot(p[1::2], np.roll(p[0::2], 1))) / 2 for p in polygons
+    ]
+    assert areas[0] == max(areas), "largest part first"
+    assert areas[0] > 0.2, "the 150x100 block is kept"

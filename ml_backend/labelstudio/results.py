@@ -7,8 +7,8 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from label_studio_sdk.converter import brush
 
+from ml_backend.labelstudio.brush import mask_to_rle
 from ml_backend.labelstudio.interface import RECTANGLE, ControlTag, ProjectInterface
 from ml_backend.masks import decode_rle, mask_box, mask_polygons, polygons_to_mask
 from ml_backend.models.base import BoxXYXY
@@ -29,9 +29,8 @@ def brush_result(
     control: ControlTag, label: str, mask: np.ndarray, score: float, width: int, height: int
 ) -> dict:
     _check_mask_size(mask, width, height)
-    # Label Studio draws the RLE as RGBA pixels; 255 makes the brush stroke opaque.
-    rle = brush.mask2rle(mask.astype(np.uint8) * 255)
-    value = {"format": "rle", "rle": [int(run) for run in rle]}
+    # Label Studio draws the RLE as RGBA pixels; the encoder writes 255 (opaque) where the mask is set.
+    value = {"format": "rle", "rle": mask_to_rle(mask)}
     return _result(control, label, value, score, width, height)
 
 
