@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import free_port, wait_for_http
+from tests.support import free_port, stop_process, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,11 +122,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     except TimeoutError:
         pytest.fail(f"Label Studio did not start:\n{_log_tail(log_path)}")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")
@@ -171,8 +167,39 @@ def backend_url(
     except TimeoutError:
         pytest.fail(f"backend did not start:\n{_log_tail(log_path)}")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def worker_api(tiny_hf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The RunPod worker's local test API (`python -m ml_backend.worker --rp_serve_api`), tiny models."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {
+        **os.environ,
+        "ALLOW_PRIVATE_URLS": "true",
+        "DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        "DEFAULT_BOX_THRESHOLD": "0",
+        "DEFAULT_TEXT_THRESHOLD": "0",
+    }
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "ml_backend.worker",
+        "--rp_serve_api",
+        "--rp_api_host",
+        "127.0.0.1",
+        "--rp_api_port",
+        str(port),
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/openapi.json", timeout=120)
+        yield url
+    except TimeoutError:
+        pytest.fail(f"worker did not start:\n{_log_tail(log_path)}")
+    finally:
+        stop_process(process)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -116,3 +117,13 @@ def serve_images(routes: dict[str, Route] | None = None) -> Iterator[ImageServer
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a server started by a fixture, killing it if it does not stop in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

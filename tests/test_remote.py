@@ -6,9 +6,6 @@ import base64
 import io
 import json
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ from ml_backend.remote import (
 )
 from ml_backend.schemas import BatchImage, BatchRequest, DetectRequest, RequestError, SegmentRequest
 from tests.fake_runpod import FakeRunPod, Reply, fake_runpod
-from tests.support import free_port, make_image, wait_for_http
+from tests.support import free_port, make_image
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "rp-test-key"
@@ -421,46 +418,6 @@ def test_api_key_never_reaches_logs_errors_or_describe(
 
 
 # ---- end to end: the real worker behind the SDK's local API ----
-
-
-@pytest.fixture(scope="module")
-def worker_api(tiny_hf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log_file = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {
-        **os.environ,
-        "ALLOW_PRIVATE_URLS": "true",
-        "DEVICE": "cpu",
-        "PYTHONUNBUFFERED": "1",
-        "DEFAULT_BOX_THRESHOLD": "0",
-        "DEFAULT_TEXT_THRESHOLD": "0",
-    }
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "ml_backend.worker",
-        "--rp_serve_api",
-        "--rp_api_host",
-        "127.0.0.1",
-        "--rp_api_port",
-        str(port),
-    ]
-    with log_file.open("wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_for_http(f"{base}/openapi.json", timeout=120)
-        except TimeoutError:
-            pytest.fail(f"worker did not start:\n{log_file.read_text()[-3000:]}")
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

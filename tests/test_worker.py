@@ -15,7 +15,7 @@ import requests
 from ml_backend import worker
 from ml_backend.masks import decode_rle
 from ml_backend.schemas import parse_request
-from tests.support import free_port, make_image, serve_images, wait_for_http
+from tests.support import make_image, serve_images
 from tests.test_schemas import GUIDE_EXAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,32 +43,7 @@ def worker_env(tiny_hf_cache: Path) -> dict[str, str]:
     return {**os.environ, "ALLOW_PRIVATE_URLS": "true", "DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module")
-def local_api(worker_env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "ml_backend.worker",
-        "--rp_serve_api",
-        "--rp_api_host",
-        "127.0.0.1",
-        "--rp_api_port",
-        str(port),
-    ]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/openapi.json", timeout=90)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-
-
-def test_sdk_arguments_default_to_the_local_api() -> None:
+def test_sdk_arguments_default_to_the_worker_api() -> None:
     assert worker.sdk_arguments([], deployed=False) == ["--rp_serve_api"]
     assert worker.sdk_arguments(["--rp_api_port", "9000"], deployed=False) == [
         "--rp_serve_api",
@@ -97,9 +72,9 @@ def test_handler_returns_string_errors() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("example", GUIDE_EXAMPLES, ids=lambda e: f"{e['task']}-{e['model']}")
-def test_guide_examples_over_http(local_api: str, image_server, example: dict) -> None:
+def test_guide_examples_over_http(worker_api: str, image_server, example: dict) -> None:
     payload = {"input": with_local_images(example, image_server.url("/test.jpg"))}
-    response = requests.post(f"{local_api}/runsync", json=payload, timeout=120)
+    response = requests.post(f"{worker_api}/runsync", json=payload, timeout=120)
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "COMPLETED", body
@@ -116,17 +91,17 @@ def test_guide_examples_over_http(local_api: str, image_server, example: dict) -
 
 
 @pytest.mark.slow
-def test_http_bad_input_is_failed_with_the_message(local_api: str) -> None:
+def test_http_bad_input_is_failed_with_the_message(worker_api: str) -> None:
     payload = {
         "input": {"task": "segment", "model": "sam2", "image_url": "https://x/a.png", "point": [1.5, 0.3]}
     }
-    body = requests.post(f"{local_api}/runsync", json=payload, timeout=60).json()
+    body = requests.post(f"{worker_api}/runsync", json=payload, timeout=60).json()
     assert body["status"] == "FAILED"
     assert body["error"].startswith("point.0:")
 
 
 @pytest.mark.slow
-def test_http_unreachable_image_names_the_field(local_api: str, image_server) -> None:
+def test_http_unreachable_image_names_the_field(worker_api: str, image_server) -> None:
     payload = {
         "input": {
             "task": "segment",
@@ -135,7 +110,7 @@ def test_http_unreachable_image_names_the_field(local_api: str, image_server) ->
             "point": [0.5, 0.5],
         }
     }
-    body = requests.post(f"{local_api}/runsync", json=payload, timeout=60).json()
+    body = requests.post(f"{worker_api}/runsync", json=payload, timeout=60).json()
     assert body == {"id": body["id"], "status": "FAILED", "error": "image_url: download failed with HTTP 404"}
 
 
@@ -222,9 +197,9 @@ def test_every_task_and_model_through_the_handler(image_server, tiny_hf_cache: P
 
 @pytest.mark.slow
 @pytest.mark.parametrize("payload", EVERY_TASK_AND_MODEL, ids=lambda p: f"{p['task']}-{p['model']}-{len(p)}")
-def test_every_task_and_model_over_http(local_api: str, image_server, payload: dict) -> None:
+def test_every_task_and_model_over_http(worker_api: str, image_server, payload: dict) -> None:
     body = requests.post(
-        f"{local_api}/runsync",
+        f"{worker_api}/runsync",
         json={"input": with_image(payload, image_server.url("/test.jpg"))},
         timeout=120,
     ).json()
