@@ -43,6 +43,7 @@ from ml_backend.schemas import (
 log = logging.getLogger(__name__)
 Request = DetectRequest | SegmentRequest | BatchRequest
 BATCH_DOWNLOAD_THREADS = 8
+GPU_BATCH_GROUP = 8  # images per Grounding DINO forward in a batch request on a GPU
 
 
 class InferenceBackend(Protocol):
@@ -110,8 +111,13 @@ class Engine:
         return decode_image(data, self.limits, field=f"{prefix}{_source_kind(source)}")
 
     def detect_image(self, image: RGBImage, options: DetectOptions) -> list[DetectionOut]:
-        detections = self._run_detector(image, options)
-        detections.sort(key=lambda detection: detection.score, reverse=True)
+        [detections] = self._run_detector([image], options)
+        return self._finish_detections(image, detections, options)
+
+    def _finish_detections(
+        self, image: RGBImage, detections: list[Detection], options: DetectOptions
+    ) -> list[DetectionOut]:
+        detections = sorted(detections, key=lambda detection: detection.score, reverse=True)
         if options.max_detections:
             detections = detections[: options.max_detections]
         if options.with_masks:
@@ -153,25 +159,26 @@ class Engine:
             )
         started = time.perf_counter()
         download_s = 0.0
-        results: list[BatchItem] = []
-        for item, loaded in zip(request.images, self._prefetch(request), strict=True):
-            image, seconds = loaded
+        results: dict[int, BatchItem] = {}
+        group: list[tuple[int, RGBImage]] = []
+        group_size = GPU_BATCH_GROUP if self.registry.runtime.device.type == "cuda" else 1
+        for index, (item, (image, seconds)) in enumerate(
+            zip(request.images, self._prefetch(request), strict=True)
+        ):
             download_s += seconds
             if isinstance(image, str):
-                results.append(BatchItem(id=item.id, error=image))
+                results[index] = BatchItem(id=item.id, error=image)
                 continue
-            try:
-                detections = self.detect_image(image, request)
-            except RequestError as error:
-                results.append(BatchItem(id=item.id, error=str(error)))
-                continue
-            size = ImageSize(width=image.width, height=image.height)
-            results.append(BatchItem(id=item.id, image=size, detections=detections))
+            group.append((index, image))
+            if len(group) == group_size:
+                results.update(self._detect_group(group, request))
+                group = []
+        results.update(self._detect_group(group, request))
         total = (time.perf_counter() - started) * 1000
         return BatchResponse(
             model=request.model,
             model_id=self._model_id(request.model),
-            results=results,
+            results=[results[index] for index in range(len(request.images))],
             timing_ms=Timing(
                 download=round(download_s * 1000, 1),
                 inference=round(total - download_s * 1000, 1),
@@ -201,16 +208,38 @@ class Engine:
 
     # ---- model calls ----
 
-    def _run_detector(self, image: RGBImage, options: DetectOptions) -> list[Detection]:
+    def _detect_group(self, group: list[tuple[int, RGBImage]], request: BatchRequest) -> dict[int, BatchItem]:
+        """Detections for loaded images of a batch, in one model call where the model batches."""
+        if not group:
+            return {}
+        try:
+            found = self._run_detector([image for _, image in group], request)
+        except RequestError as error:
+            return {index: BatchItem(id=request.images[index].id, error=str(error)) for index, _ in group}
+        return {
+            index: BatchItem(
+                id=request.images[index].id,
+                image=ImageSize(width=image.width, height=image.height),
+                detections=self._finish_detections(image, detections, request),
+            )
+            for (index, image), detections in zip(group, found, strict=True)
+        }
+
+    def _run_detector(self, images: list[RGBImage], options: DetectOptions) -> list[list[Detection]]:
+        """One list of detections per image; Grounding DINO runs same-size images as one batch on a GPU."""
         box_threshold = _default(options.box_threshold, self.settings.default_box_threshold)
         text_threshold = _default(options.text_threshold, self.settings.default_text_threshold)
         if options.model == "florence2":
-            return self.registry.get("florence2").run(image, options.florence2_task, options.text_prompt)
+            runner = self.registry.get("florence2")
+            return [runner.run(image, options.florence2_task, options.text_prompt) for image in images]
         phrases = split_phrases(options.text_prompt or "")
         if not phrases:
             raise RequestError("text_prompt: no phrase found (write phrases separated by '.')")
         detector = self.registry.get(options.model)
-        return detector.detect(image, phrases, box_threshold=box_threshold, text_threshold=text_threshold)
+        thresholds = {"box_threshold": box_threshold, "text_threshold": text_threshold}
+        if options.model == "grounding_dino":
+            return detector.detect_batch(images, phrases, **thresholds)
+        return [detector.detect(image, phrases, **thresholds) for image in images]
 
     def _add_masks(self, image: RGBImage, detections: list[Detection]) -> list[Detection]:
         """Grounded SAM: one SAM 2.1 call for every box of the image that has no mask yet."""

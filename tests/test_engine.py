@@ -298,3 +298,29 @@ def test_describe_reports_device_and_loaded_models(engine: Engine) -> None:
     info = engine.describe()
     assert info["device"] == "cpu"
     assert "sam2" in info["models_loaded"]
+
+
+def test_batch_groups_grounding_dino_images_on_a_gpu(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the loaded images of a batch reach Grounding DINO together (it batches same-size ones)."""
+    import dataclasses
+
+    detector = engine.registry.get("grounding_dino")
+    calls: list[int] = []
+    real = detector.detect_batch
+
+    def counting(images, *args, **kwargs):
+        calls.append(len(images))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(detector, "detect_batch", counting)
+    monkeypatch.setattr(
+        engine.registry, "_runtime", dataclasses.replace(engine.registry.runtime, device=torch.device("cuda"))
+    )
+    image = base64.b64encode(make_image(WIDTH, HEIGHT)).decode()
+    request = {"task": "batch", "model": "grounding_dino", "text_prompt": "cat", **LOOSE}
+    images = [{"id": i, "base64": image} for i in range(3)] + [{"id": "bad", "base64": "AAAA"}]
+    response = run(engine, {**request, "images": images})
+    assert calls == [3]
+    assert [item.id for item in response.results] == [0, 1, 2, "bad"]
+    assert response.results[0].detections == response.results[2].detections
+    assert response.results[3].error
