@@ -286,3 +286,18 @@ def test_redis_down_leaves_interactive_predict_working(
         answer = client.post("/predict", json=body)
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["results"][0]["result"]
+
+
+def test_cli_annotates_with_a_progress_bar_and_a_summary(
+    label_studio: LabelStudio, tiny_hf_cache: Path, tmp_path: Path
+) -> None:
+    project, task_ids, broken = make_project(label_studio, "jobs: cli", good=3, broken=1)
+    env = job_env(label_studio, "", tmp_path / "images")
+    env.pop("REDIS_URL")
+    command = [sys.executable, "-m", "ml_backend.jobs", "annotate", "--project", str(project)]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "finished, 3/4 annotated, 1 failed" in result.stdout
+    assert f"task {next(iter(broken))}: " in result.stdout
+    assert "4/4" in result.stderr, "tqdm progress reaches every task"
+    assert set(predictions_per_task(label_studio, project)) == set(task_ids) - broken

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml_backend.config import Settings
-from ml_backend.engine import Engine, InferenceBackend
+from ml_backend.engine import GPU_BATCH_GROUP, Engine, InferenceBackend
 from ml_backend.labelstudio.interface import BRUSH, POLYGON, ProjectInterface
 from ml_backend.labelstudio.prompts import SmartBox, SmartClick, TextPrompt, interaction_from_context
 from ml_backend.labelstudio.results import build_prediction, detections_to_results, segment_results
@@ -159,8 +159,8 @@ class Predictor:
     ) -> list[TaskOutcome]:
         """Pre-label tasks from the project's labels (or `overrides.prompt`); one outcome per task.
 
-        Images download concurrently. With the local engine each image goes to the model as soon as it
-        is ready, so downloads overlap inference; offloaded, the ready images travel as one batch job.
+        Images download concurrently while earlier ones run on the model; offloaded, the images of the
+        call travel as one batch job.
         """
         overrides = overrides or BatchOverrides()
         options = self._detect_options(
@@ -171,15 +171,22 @@ class Predictor:
         )
         version = self.model_version(overrides)
         with ThreadPoolExecutor(IMAGE_FETCH_THREADS, thread_name_prefix="ls-image") as pool:
-            paths = [pool.submit(self._resolve, task, interface) for task in tasks]
-            if isinstance(self.backend, Engine):
-                return [
-                    self._annotate_one(task, path.result(), options, interface, version)
-                    for task, path in zip(tasks, paths, strict=True)
-                ]
-            return self._annotate_remote(
-                tasks, [path.result() for path in paths], options, interface, version
-            )
+            futures = [pool.submit(self._resolve, task, interface) for task in tasks]
+            step = self._group_size(len(tasks))
+            outcomes: list[TaskOutcome] = []
+            for start in range(0, len(tasks), step):
+                paths = [future.result() for future in futures[start : start + step]]
+                outcomes += self._annotate_group(
+                    tasks[start : start + step], paths, options, interface, version
+                )
+            return outcomes
+
+    def _group_size(self, task_count: int) -> int:
+        """Images per inference call: offloaded, all of them (one RunPod job); locally, one at a time on
+        a CPU (each starts as soon as its download ends) or a GPU batch for Grounding DINO."""
+        if not isinstance(self.backend, Engine):
+            return max(1, task_count)
+        return GPU_BATCH_GROUP if self.backend.registry.runtime.device.type == "cuda" else 1
 
     def model_version(self, overrides: BatchOverrides) -> str:
         return model_version_for(self.settings, overrides.model)
@@ -190,24 +197,7 @@ class Predictor:
         except (RequestError, ValueError) as error:
             return error
 
-    def _annotate_one(
-        self,
-        task: dict,
-        path: str | Exception,
-        options: DetectOptions,
-        interface: ProjectInterface,
-        version: str,
-    ) -> TaskOutcome:
-        if isinstance(path, Exception):
-            return TaskOutcome(task.get("id"), error=path)
-        try:
-            response = self.backend.run(DetectRequest(image_path=path, **options.model_dump()))
-        except RequestError as error:
-            return TaskOutcome(task.get("id"), error=error)
-        assert isinstance(response, DetectResponse)
-        return self._outcome(task, response.detections, response.image, interface, version)
-
-    def _annotate_remote(
+    def _annotate_group(
         self,
         tasks: Sequence[dict],
         paths: list[str | Exception],
