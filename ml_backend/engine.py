@@ -8,6 +8,7 @@ the same `run` so the backend can swap one for the other.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ from ml_backend.config import Settings
 from ml_backend.config import settings as default_settings
 from ml_backend.images import ImageLimits, RGBImage, decode_image, load_source_bytes
 from ml_backend.masks import encode_rle, mask_box, mask_polygons
-from ml_backend.models.base import Detection, SegmentMask, SegmentPrompt
+from ml_backend.models.base import Detection, EmbeddingCache, SegmentMask, SegmentPrompt
 from ml_backend.models.registry import ModelRegistry
 from ml_backend.schemas import (
     BatchItem,
@@ -43,6 +44,7 @@ from ml_backend.schemas import (
 log = logging.getLogger(__name__)
 Request = DetectRequest | SegmentRequest | BatchRequest
 BATCH_DOWNLOAD_THREADS = 8
+DECODED_FILE_CACHE_SIZE = 4
 GPU_BATCH_GROUP = 8  # images per Grounding DINO forward in a batch request on a GPU
 
 
@@ -77,6 +79,7 @@ class Engine:
         self.registry = registry or ModelRegistry(self.settings)
         self.limits = ImageLimits.from_settings(self.settings)
         self.allow_local_paths = allow_local_paths
+        self._decoded_files: EmbeddingCache[RGBImage] = EmbeddingCache(DECODED_FILE_CACHE_SIZE)
 
     # ---- public ----
 
@@ -97,18 +100,31 @@ class Engine:
         }
 
     def load_image(self, source: ImageSource, prefix: str = "image_") -> RGBImage:
-        if source.image_path and not self.allow_local_paths:
+        if source.image_path:
+            return self._load_local_file(source.image_path, prefix)
+        data = load_source_bytes(
+            self.limits, url=source.image_url, base64_data=source.image_base64, prefix=prefix
+        )
+        return decode_image(data, self.limits, field=f"{prefix}{_source_kind(source)}")
+
+    def _load_local_file(self, path: str, prefix: str) -> RGBImage:
+        """Local files (the Label Studio backend's downloads) stay decoded in a small LRU keyed by path,
+        size and mtime: an annotator clicks the same image many times, and decoding costs as much as a click."""
+        if not self.allow_local_paths:
             raise RequestError(
                 f"{prefix}path: local files are not accepted here; send {prefix}url or {prefix}base64"
             )
-        data = load_source_bytes(
-            self.limits,
-            url=source.image_url,
-            base64_data=source.image_base64,
-            path=source.image_path,
-            prefix=prefix,
-        )
-        return decode_image(data, self.limits, field=f"{prefix}{_source_kind(source)}")
+        try:
+            stat = os.stat(path)
+        except OSError:
+            raise RequestError(f"{prefix}path: no such file {path}") from None
+
+        def decode() -> RGBImage:
+            return decode_image(
+                load_source_bytes(self.limits, path=path, prefix=prefix), self.limits, f"{prefix}path"
+            )
+
+        return self._decoded_files.get_or_compute((path, stat.st_size, stat.st_mtime_ns), decode)
 
     def detect_image(self, image: RGBImage, options: DetectOptions) -> list[DetectionOut]:
         [detections] = self._run_detector([image], options)

@@ -324,3 +324,18 @@ def test_batch_groups_grounding_dino_images_on_a_gpu(engine: Engine, monkeypatch
     assert [item.id for item in response.results] == [0, 1, 2, "bad"]
     assert response.results[0].detections == response.results[2].detections
     assert response.results[3].error
+
+
+def test_local_files_are_decoded_once_until_they_change(tmp_path: Path, tiny_hf_cache: Path) -> None:
+    engine = Engine(load_settings(device="cpu"), allow_local_paths=True)
+    path = tmp_path / "photo.png"
+    path.write_bytes(make_image(WIDTH, HEIGHT))
+    source = parse_request({"task": "segment", "model": "sam2", "image_path": str(path), "point": [0.5, 0.5]})
+    first = engine.load_image(source)
+    assert engine.load_image(source) is first
+    path.write_bytes(make_image(WIDTH + 1, HEIGHT))
+    changed = engine.load_image(source)
+    assert changed is not first and changed.width == WIDTH + 1
+    path.unlink()
+    with pytest.raises(RequestError, match="image_path: no such file"):
+        engine.load_image(source)
