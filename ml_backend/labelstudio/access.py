@@ -221,7 +221,9 @@ class ImageCache:
     def get(self, key: str) -> str | None:
         path = self._path(key)
         try:
-            os.utime(path)  # a hit counts as recent use
+            # A hit counts as recent use: the access time orders eviction. The modification time stays,
+            # so it keeps meaning "content changed" (the engine's decoded-image cache keys on it).
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
         except FileNotFoundError:
             return None
         return str(path)
@@ -240,7 +242,7 @@ class ImageCache:
 
     def _evict(self, keep: Path) -> None:
         with self._lock:
-            entries = sorted(_existing_entries(self.directory), key=lambda entry: entry[1].st_mtime)
+            entries = sorted(_existing_entries(self.directory), key=lambda entry: entry[1].st_atime)
             total = sum(stat.st_size for _, stat in entries)
             for path, stat in entries:
                 if total <= self.max_bytes:

@@ -478,3 +478,18 @@ def test_describe_url_hides_secrets_but_keeps_file_paths() -> None:
         "https://user:pw@b.s3.amazonaws.com/x.png?X-Amz-Signature=abc&X-Amz-Credential=def"
     ) == ("https://b.s3.amazonaws.com/x.png?X-Amz-Signature=…&X-Amz-Credential=…")
     assert describe_url("/data/local-files/?d=img/a.png") == "/data/local-files/?d=img/a.png"
+
+
+def test_cache_hit_keeps_the_modification_time(tmp_path) -> None:
+    """The engine keys decoded images on (path, size, mtime): a cache hit must not look like new content."""
+    import os
+
+    from ml_backend.labelstudio.access import ImageCache
+
+    cache = ImageCache(tmp_path, 10_000)
+    path = cache.put("http://example.test/a.png", b"x" * 10)
+    before = os.stat(path)
+    assert cache.get("http://example.test/a.png") == path
+    after = os.stat(path)
+    assert after.st_mtime_ns == before.st_mtime_ns
+    assert after.st_atime_ns >= before.st_atime_ns
