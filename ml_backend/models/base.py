@@ -77,6 +77,11 @@ def normalise_box(box: Sequence[float], width: int, height: int) -> BoxXYXY:
     return (nx1, ny1, nx2, ny2)
 
 
+def has_area(box: BoxXYXY) -> bool:
+    x1, y1, x2, y2 = box
+    return x2 > x1 and y2 > y1
+
+
 def to_pixels(points: Sequence[tuple[float, float]], width: int, height: int) -> list[list[float]]:
     return [[float(x) * width, float(y) * height] for x, y in points]
 

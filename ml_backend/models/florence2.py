@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ml_backend.masks import mask_box, polygons_to_mask
-from ml_backend.models.base import BoxXYXY, Detection, Runtime, normalise_box
+from ml_backend.models.base import BoxXYXY, Detection, Runtime, has_area, normalise_box
 from ml_backend.schemas import FLORENCE2_TASKS_NEEDING_TEXT, RequestError
 
 if TYPE_CHECKING:
@@ -169,8 +169,3 @@ def from_polygons(
 def enclosing_box(points: Sequence[float]) -> list[float]:
     xs, ys = points[0::2], points[1::2]
     return [min(xs), min(ys), max(xs), max(ys)]
-
-
-def has_area(box: BoxXYXY) -> bool:
-    x1, y1, x2, y2 = box
-    return x2 > x1 and y2 > y1

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ml_backend.models.base import BoxXYXY, Detection, Runtime, normalise_box
+from ml_backend.models.base import Detection, Runtime, has_area, normalise_box
 
 if TYPE_CHECKING:
     import torch
@@ -227,11 +227,6 @@ def select_detections(
             label = labelled[int(best_phrase[query])][0]
             detections.append(Detection(label=label, score=float(scores[query]), box=box))
     return sorted(detections, key=lambda detection: detection.score, reverse=True)
-
-
-def has_area(box: BoxXYXY) -> bool:
-    x1, y1, x2, y2 = box
-    return x2 > x1 and y2 > y1
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
