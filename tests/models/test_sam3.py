@@ -126,3 +126,24 @@ def test_instances_become_normalised_clamped_detections() -> None:
     assert detections[0].box == pytest.approx((0.1, 0.1, 0.5, 0.5))
     assert detections[1].box == pytest.approx((0.0, 0.9, 1.0, 1.0))
     assert detections[0].mask is mask
+
+
+def test_own_post_processing_equals_the_processor(text_segmenter: Sam3TextSegmenter, image: RGBImage) -> None:
+    """select_instances is the processor's arithmetic, done in chunks: same scores, boxes and masks."""
+    import torch
+
+    from ml_backend.models.sam3 import MASK_CHUNK, select_instances
+
+    features = text_segmenter.vision_features(image)
+    text = text_segmenter.processor(text="cat", return_tensors="pt")
+    with torch.inference_mode():
+        outputs = text_segmenter.model(vision_embeds=features.embeds, **text)
+    ours = select_instances(outputs, 0.0, features.original_size)
+    theirs = text_segmenter.processor.post_process_instance_segmentation(
+        outputs, threshold=0.0, mask_threshold=0.5, target_sizes=[features.original_size]
+    )[0]
+    assert len(ours) == len(theirs["scores"]) > MASK_CHUNK, "several chunks are exercised"
+    assert [i.score for i in ours] == pytest.approx(theirs["scores"].tolist())
+    assert np.allclose([i.box for i in ours], theirs["boxes"].numpy(), atol=1e-4)
+    for instance, mask in zip(ours, theirs["masks"].bool().numpy(), strict=True):
+        assert instance.mask.dtype == bool and np.array_equal(instance.mask, mask)
