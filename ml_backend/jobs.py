@@ -45,6 +45,7 @@ LEASE_TTL_S = 20
 LEASE_RENEW_S = 5
 CHUNK_TIMEOUT_S = 3600
 RETRY_INTERVALS_S = [5, 20, 60]
+RETRY_SUFFIX = " (will retry)"
 
 JobState = Literal["queued", "running", "finished", "cancelled"]
 ChunkState = Literal["queued", "running", "done", "failed"]
@@ -153,6 +154,9 @@ class RedisJobStore:
 
     def mark_failed(self, job_id: str, task_id: int, reason: str) -> None:
         self.redis.hset(self._key(job_id, "failed"), str(task_id), reason)
+
+    def is_done(self, job_id: str, task_id: int) -> bool:
+        return bool(self.redis.sismember(self._key(job_id, "done"), task_id))
 
     def progress(self, job_id: str) -> tuple[int, dict[str, str]]:
         failed = self.redis.hgetall(self._key(job_id, "failed"))
@@ -339,7 +343,11 @@ def process_chunk(
         store.set_chunk_state(job_id, index, "running")
         if meta.get("started_at") is None:
             store.update(job_id, started_at=time.time(), state="running")
-        _annotate_chunk(store, job_id, index, meta, project, settings)
+        try:
+            _annotate_chunk(store, job_id, index, meta, project, settings)
+        except BaseException:
+            store.set_chunk_state(job_id, index, "queued")  # rq retries it; not a lost worker
+            raise
         store.set_chunk_state(job_id, index, "done")
     _finish_if_complete(store, job_id)
     return "done"
@@ -372,7 +380,7 @@ def _annotate_chunk(
             store.mark_done(job_id, outcome.task_id)
         elif outcome.error is not None and is_transient(outcome.error):
             transient.append(f"task {outcome.task_id}: {outcome.error}")
-            store.mark_failed(job_id, outcome.task_id, f"{outcome.error} (will retry)")
+            store.mark_failed(job_id, outcome.task_id, f"{outcome.error}{RETRY_SUFFIX}")
         else:
             store.mark_failed(job_id, outcome.task_id, str(outcome.error))
     if transient:
@@ -420,8 +428,11 @@ def chunk_failed(job: Any, connection: Any, exc_type: Any, value: Any, traceback
         return
     _, failed = store.progress(job_id)
     for task_id in store.chunk(job_id, index):
-        if str(task_id) not in failed:
-            store.mark_failed(job_id, task_id, f"chunk failed after retries: {value}")
+        if not store.is_done(job_id, task_id):
+            reason = failed.get(str(task_id), str(value)).removesuffix(RETRY_SUFFIX)
+            store.mark_failed(
+                job_id, task_id, f"{reason} (gave up after {default_settings.job_retries} retries)"
+            )
     store.set_chunk_state(job_id, index, "failed")
     _finish_if_complete(store, job_id)
 

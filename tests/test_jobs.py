@@ -301,3 +301,33 @@ def test_cli_annotates_with_a_progress_bar_and_a_summary(
     assert f"task {next(iter(broken))}: " in result.stdout
     assert "4/4" in result.stderr, "tqdm progress reaches every task"
     assert set(predictions_per_task(label_studio, project)) == set(task_ids) - broken
+
+
+def test_transient_failures_are_retried_then_reported(
+    label_studio: LabelStudio, redis_url: str, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.support import serve_images
+
+    with serve_images() as images:
+        good = images.add("/good.png", make_image(40, 30))
+        flaky = images.add("/busy.png", b"busy", status=503)
+        project = label_studio.api(
+            "POST", "/api/projects", json={"title": "jobs: transient", "label_config": RECT_ONLY_CONFIG}
+        ).json()["id"]
+        label_studio.api("POST", f"/api/projects/{project}/import", json=[{"photo": good}, {"photo": flaky}])
+        # A database of its own: the SIGKILLed worker of another test may still hold the scheduler
+        # lock of db 0 (until its TTL lapses), and delayed retries need a live scheduler.
+        own_db = redis_url.rsplit("/", 1)[0] + "/1"
+        env = {**worker_env, "JOB_RETRIES": "1", "REDIS_URL": own_db}
+        worker = start_worker(env, tmp_path / "worker.log")
+        try:
+            manager = JobManager(settings_for(label_studio, own_db, tmp_path / "images", job_retries=1))
+            job_id = manager.submit(AnnotateSpec(project=project))
+            status = wait_for(manager, job_id, lambda s: s.state == "finished", timeout=120)
+        finally:
+            stop(worker)
+        busy_requests = [path for path, _ in images.requests_seen if path == "/busy.png"]
+    assert status.done == 1 and len(status.failed) == 1
+    [reason] = status.failed.values()
+    assert "HTTP 503" in reason and reason.endswith("(gave up after 1 retries)")
+    assert len(busy_requests) == 2, "tried once, retried once"
