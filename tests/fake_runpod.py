@@ -17,9 +17,11 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.support import running_server
 
 Job = dict[str, Any]
 
@@ -155,12 +157,6 @@ def fake_runpod(**options: Any) -> Iterator[FakeRunPod]:
         def log_message(self, *args: object) -> None:
             return
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
+    with running_server(Handler) as port:
+        fake.port = port
         yield fake
-    finally:
-        httpd.shutdown()
-        httpd.server_close()

@@ -108,12 +108,19 @@ def serve_images(routes: dict[str, Route] | None = None) -> Iterator[ImageServer
         def log_message(self, *args: object) -> None:
             return
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server_state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    with running_server(Handler) as port:
+        server_state.port = port
+        yield server_state
+
+
+@contextmanager
+def running_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A threaded HTTP server on 127.0.0.1 for the `with` block; yields its port."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield server_state
+        yield httpd.server_address[1]
     finally:
         httpd.shutdown()
         httpd.server_close()

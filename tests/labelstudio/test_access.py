@@ -6,10 +6,9 @@ import base64
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,7 +25,7 @@ from ml_backend.labelstudio.access import (
     describe_url,
     key_kind,
 )
-from tests.support import ImageServer, make_image, serve_images
+from tests.support import ImageServer, make_image, running_server, serve_images
 
 LEGACY_KEY = "6d418fe93567d01a6d8bf550920ae1edfef6a1d4"
 START = 1_900_000_000.0
@@ -141,15 +140,9 @@ def label_studio(clock: FakeClock) -> Iterator[FakeLabelStudio]:
         def log_message(self, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running_server(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
