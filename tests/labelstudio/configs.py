@@ -42,3 +42,28 @@ RECT_ONLY_CONFIG = """<View>
     <Label value="Person"/>
   </RectangleLabels>
 </View>"""
+
+
+# A smart keypoint click as a real Label Studio 1.23.2 sends it in `params.context` (ls_protocol.md §5).
+RECORDED_KEYPOINT_CONTEXT = {
+    "result": [
+        {
+            "original_width": 640,
+            "original_height": 480,
+            "image_rotation": 0,
+            "value": {
+                "x": 32.20973782771535,
+                "y": 40.09571369121931,
+                "width": 0.26362038664323373,
+                "labels": ["Banana"],
+                "keypointlabels": ["Banana"],
+            },
+            "is_positive": True,
+            "id": "sHeJYe18V1",
+            "from_name": "tag2",
+            "to_name": "image",
+            "type": "keypointlabels",
+            "origin": "manual",
+        }
+    ]
+}

@@ -29,6 +29,7 @@ from ml_backend.labelstudio.base import (
     project_key,
 )
 from ml_backend.schemas import RequestError
+from tests.labelstudio.configs import RECORDED_KEYPOINT_CONTEXT
 from tests.support import free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,28 +87,7 @@ BATCH_PAYLOAD = {
     "params": {"login": None, "password": None, "context": None},
 }
 
-KEYPOINT_CONTEXT = {
-    "result": [
-        {
-            "original_width": 640,
-            "original_height": 480,
-            "image_rotation": 0,
-            "value": {
-                "x": 32.20973782771535,
-                "y": 40.09571369121931,
-                "width": 0.26362038664323373,
-                "labels": ["Banana"],
-                "keypointlabels": ["Banana"],
-            },
-            "is_positive": True,
-            "id": "sHeJYe18V1",
-            "from_name": "tag2",
-            "to_name": "image",
-            "type": "keypointlabels",
-            "origin": "manual",
-        }
-    ]
-}
+KEYPOINT_CONTEXT = RECORDED_KEYPOINT_CONTEXT
 
 INTERACTIVE_PAYLOAD = {
     "tasks": [

@@ -9,34 +9,15 @@ from ml_backend.labelstudio.prompts import (
     interaction_from_context,
     original_size_from_context,
 )
-from tests.labelstudio.configs import RECT_ONLY_CONFIG, SAM_CONFIG, TEXT_PROMPT_CONFIG
+from tests.labelstudio.configs import (
+    RECORDED_KEYPOINT_CONTEXT,
+    RECT_ONLY_CONFIG,
+    SAM_CONFIG,
+    TEXT_PROMPT_CONFIG,
+)
 
 # Bodies of POST /api/ml/<id>/interactive-annotating recorded from Label Studio 1.23.2 (ls_protocol.md §5).
-KEYPOINT_CLICK = {
-    "task": 7,
-    "context": {
-        "result": [
-            {
-                "original_width": 640,
-                "original_height": 480,
-                "image_rotation": 0,
-                "value": {
-                    "x": 32.20973782771535,
-                    "y": 40.09571369121931,
-                    "width": 0.26362038664323373,
-                    "labels": ["Banana"],
-                    "keypointlabels": ["Banana"],
-                },
-                "is_positive": True,
-                "id": "sHeJYe18V1",
-                "from_name": "tag2",
-                "to_name": "image",
-                "type": "keypointlabels",
-                "origin": "manual",
-            }
-        ]
-    },
-}
+KEYPOINT_CLICK = {"task": 7, "context": RECORDED_KEYPOINT_CONTEXT}
 
 NEGATIVE_CLICK = {
     "task": 7,
