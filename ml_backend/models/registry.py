@@ -83,7 +83,8 @@ class ModelRegistry:
     def free_memory(self) -> None:
         """Drop every cached embedding and release the CUDA allocator's cache (after an OOM)."""
         for model in self._models.values():
-            for cache in _embedding_caches(model):
+            cache = getattr(model, "cache", None)  # SAM adapters keep their image embeddings here
+            if cache is not None:
                 cache.clear()
         import torch
 
@@ -100,11 +101,3 @@ class ModelRegistry:
             "loaded %s (%s) on %s in %.1fs", key, model_id, self.runtime.device, time.perf_counter() - started
         )
         return model
-
-
-def _embedding_caches(model: Any) -> list[Any]:
-    return [
-        value
-        for value in vars(model).values()
-        if hasattr(value, "get_or_compute") and hasattr(value, "clear")
-    ]
