@@ -11,8 +11,8 @@ import logging
 import threading
 
 from ml_backend.config import settings
+from ml_backend.jobs.routes import create_jobs_blueprint
 from ml_backend.labelstudio.base import create_app
-from ml_backend.labelstudio.jobs_api import create_jobs_blueprint
 from ml_backend.logs import configure_logging
 from model import ODAnnotationModel
 

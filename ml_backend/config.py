@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     image_cache_dir: str = "/tmp/od-annotation/images"
     image_cache_mb: int = Field(2048, ge=0)
     local_files_document_root: str | None = None
+    prewarm: bool = True
+    prewarm_next_tasks: int = Field(2, ge=0, le=16)
+    predict_time_budget_s: float = Field(80.0, gt=0)
+    auto_annotate_on_import: bool = False
+
+    # Polygons (PolygonLabels results and `mask_format: polygons`)
+    polygon_tolerance: float = Field(0.001, ge=0.0, le=0.1)
+    polygon_max_points: int = Field(200, ge=3)
+    polygon_min_area: float = Field(0.0001, ge=0.0, le=1.0)
 
     # RunPod offload
     inference_mode: Literal["local", "runpod"] = "local"

@@ -30,6 +30,8 @@ from ml_backend.schemas import (
     DetectOptions,
     DetectRequest,
     DetectResponse,
+    EmbedRequest,
+    EmbedResponse,
     ImageSize,
     ImageSource,
     MaskFormat,
@@ -42,7 +44,7 @@ from ml_backend.schemas import (
 )
 
 log = logging.getLogger(__name__)
-Request = DetectRequest | SegmentRequest | BatchRequest
+Request = DetectRequest | SegmentRequest | BatchRequest | EmbedRequest
 BATCH_DOWNLOAD_THREADS = 8
 DECODED_FILE_CACHE_SIZE = 4
 GPU_BATCH_GROUP = 8  # images per Grounding DINO forward in a batch request on a GPU
@@ -89,6 +91,8 @@ class Engine:
                 return self._detect(request)
             if isinstance(request, SegmentRequest):
                 return self._segment(request)
+            if isinstance(request, EmbedRequest):
+                return self._embed(request)
             return self._batch(request)
 
     def describe(self) -> dict:
@@ -165,6 +169,18 @@ class Engine:
             model_id=self._model_id(request.model),
             image=ImageSize(width=image.width, height=image.height),
             masks=[_mask_out(mask, request.mask_format) for mask in masks],
+            timing_ms=_timing(started, loaded),
+        )
+
+    def _embed(self, request: EmbedRequest) -> EmbedResponse:
+        started = time.perf_counter()
+        image = self.load_image(request)
+        loaded = time.perf_counter()
+        self._segmenter(request.model).embed(image)
+        return EmbedResponse(
+            model=request.model,
+            model_id=self._model_id(request.model),
+            image=ImageSize(width=image.width, height=image.height),
             timing_ms=_timing(started, loaded),
         )
 
@@ -277,8 +293,10 @@ class Engine:
             )
         points, labels = request.prompt_points()
         prompt = SegmentPrompt(points=points, labels=labels, box=request.box)
-        segmenter = self.registry.get("sam2" if request.model == "sam2" else "sam3_tracker")
-        return segmenter.segment(image, prompt, multimask=request.multimask)
+        return self._segmenter(request.model).segment(image, prompt, multimask=request.multimask)
+
+    def _segmenter(self, model: str):
+        return self.registry.get("sam2" if model == "sam2" else "sam3_tracker")
 
     def _model_id(self, model: str) -> str:
         return self.registry.model_id(model)

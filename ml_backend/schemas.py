@@ -151,19 +151,27 @@ class BatchRequest(DetectOptions):
     images: Annotated[list[BatchImage], Field(min_length=1)]
 
 
-Request = Annotated[DetectRequest | SegmentRequest | BatchRequest, Field(discriminator="task")]
-_request_adapter: TypeAdapter[DetectRequest | SegmentRequest | BatchRequest] = TypeAdapter(Request)
+class EmbedRequest(ImageSource):
+    """Compute and cache the image's SAM embedding ahead of the first click (prewarm); no masks."""
+
+    task: Literal["embed"] = "embed"
+    model: SegmentModel = "sam2"
+
+
+AnyRequest = DetectRequest | SegmentRequest | BatchRequest | EmbedRequest
+Request = Annotated[AnyRequest, Field(discriminator="task")]
+_request_adapter: TypeAdapter[AnyRequest] = TypeAdapter(Request)
 
 
 class RequestError(ValueError):
     """Bad input: the message names the field and the reason, for the user to act on."""
 
 
-def parse_request(payload: Any) -> DetectRequest | SegmentRequest | BatchRequest:
+def parse_request(payload: Any) -> AnyRequest:
     if not isinstance(payload, dict):
         raise RequestError("input: must be a JSON object")
     if "task" not in payload:
-        raise RequestError("task: required, one of detect, segment, batch")
+        raise RequestError("task: required, one of detect, segment, batch, embed")
     try:
         return _request_adapter.validate_python(payload)
     except ValidationError as error:
@@ -173,10 +181,10 @@ def parse_request(payload: Any) -> DetectRequest | SegmentRequest | BatchRequest
 def describe_errors(error: ValidationError) -> str:
     messages = []
     for item in error.errors():
-        loc = [str(part) for part in item["loc"] if part not in ("detect", "segment", "batch")]
+        loc = [str(part) for part in item["loc"] if part not in ("detect", "segment", "batch", "embed")]
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "union_tag_invalid":
-            message = "task: must be one of detect, segment, batch"
+            message = "task: must be one of detect, segment, batch, embed"
         elif item["type"] == "extra_forbidden":
             message = f"{'.'.join(loc)}: unknown field"
         elif loc and not message.startswith(f"{loc[-1]}:"):
@@ -254,7 +262,15 @@ class BatchResponse(BaseModel):
     timing_ms: Timing
 
 
-Response = DetectResponse | SegmentResponse | BatchResponse
+class EmbedResponse(BaseModel):
+    task: Literal["embed"] = "embed"
+    model: str
+    model_id: str
+    image: ImageSize
+    timing_ms: Timing
+
+
+Response = DetectResponse | SegmentResponse | BatchResponse | EmbedResponse
 _response_adapter: TypeAdapter[Response] = TypeAdapter(Annotated[Response, Field(discriminator="task")])
 
 

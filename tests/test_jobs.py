@@ -16,7 +16,7 @@ import redis
 
 from ml_backend.config import Settings, load_settings
 from ml_backend.jobs import AnnotateSpec, JobManager, JobStatus, JobsUnavailableError
-from ml_backend.labelstudio.jobs_api import create_jobs_blueprint
+from ml_backend.jobs.routes import create_jobs_blueprint
 from tests.conftest import ROOT, LabelStudio
 from tests.labelstudio.configs import RECT_ONLY_CONFIG
 from tests.support import free_port, make_image

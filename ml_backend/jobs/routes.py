@@ -11,7 +11,8 @@ from flask import Blueprint, jsonify, request
 from pydantic import ValidationError
 
 from ml_backend.config import Settings
-from ml_backend.jobs import AnnotateSpec, JobManager, JobsUnavailableError
+from ml_backend.jobs.manager import JobManager
+from ml_backend.jobs.spec import AnnotateSpec, JobsUnavailableError
 from ml_backend.schemas import describe_errors
 
 
