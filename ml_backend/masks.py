@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
 from ml_backend.schemas import RLE
+
+if TYPE_CHECKING:
+    from ml_backend.config import Settings
 
 
 def encode_rle(mask: np.ndarray) -> RLE:
@@ -37,35 +43,66 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     return (cols[0] / width, rows[0] / height, (cols[-1] + 1) / width, (rows[-1] + 1) / height)
 
 
-def mask_polygons(
-    mask: np.ndarray,
-    tolerance: float = 1.0,
-    min_area: float = 4.0,
-    max_polygons: int = 20,
-    min_relative_area: float = 0.01,
-) -> list[list[float]]:
-    """Outer contours as flat normalised [x1, y1, x2, y2, ...] lists, simplified by `tolerance` pixels.
+@dataclass(frozen=True)
+class PolygonOptions:
+    """How masks become polygons an annotator can edit.
 
-    Largest first; specks (under `min_area` pixels or `min_relative_area` of the largest part) are
-    left out, and at most `max_polygons` parts are kept, so a noisy mask cannot flood the annotator.
+    `tolerance` is the simplification distance as a fraction of the image diagonal (so a 12 MP photo
+    and a thumbnail get outlines of similar point counts); `max_points` bounds the points of one
+    polygon (simplified further until it fits); pieces smaller than `min_area` (fraction of the image)
+    are dropped as specks.
     """
+
+    tolerance: float = 0.001
+    max_points: int = 200
+    min_area: float = 0.0001
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: float | int | None) -> PolygonOptions:
+        values = {
+            "tolerance": settings.polygon_tolerance,
+            "max_points": settings.polygon_max_points,
+            "min_area": settings.polygon_min_area,
+        }
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+MAX_POLYGONS = 20  # pieces per mask: a noisy mask must not flood the annotator with regions
+SIMPLIFY_GROWTH = 1.5
+
+
+def mask_polygons(mask: np.ndarray, options: PolygonOptions | None = None) -> list[list[float]]:
+    """One polygon per piece of the mask, largest first, as flat normalised [x1, y1, x2, y2, ...] lists.
+
+    Label Studio polygons are simple rings, so a piece's holes cannot be represented: each polygon is
+    the piece's outer boundary and its holes are filled (the brush output keeps them).
+    """
+    options = options or PolygonOptions()
     height, width = mask.shape
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    ranked = sorted(contours, key=cv2.contourArea, reverse=True)
-    largest = cv2.contourArea(ranked[0]) if ranked else 0.0
+    min_pixels = max(options.min_area * width * height, 1.0)
+    pieces = [(cv2.contourArea(contour), contour) for contour in contours]
+    kept = sorted((piece for piece in pieces if piece[0] >= min_pixels), key=lambda piece: -piece[0])
+    epsilon = options.tolerance * float(np.hypot(width, height))
     polygons: list[list[float]] = []
-    for contour in ranked:
-        if len(polygons) == max_polygons:
-            break
-        if cv2.contourArea(contour) < max(min_area, min_relative_area * largest):
-            continue
-        simplified = cv2.approxPolyDP(contour, tolerance, True).reshape(-1, 2).astype(np.float64)
+    for _, contour in kept[:MAX_POLYGONS]:
+        simplified = simplify_contour(contour, epsilon, options.max_points)
         if len(simplified) < 3:
             continue
         simplified[:, 0] = np.clip(simplified[:, 0] / width, 0.0, 1.0)
         simplified[:, 1] = np.clip(simplified[:, 1] / height, 0.0, 1.0)
         polygons.append(simplified.reshape(-1).tolist())
     return polygons
+
+
+def simplify_contour(contour: np.ndarray, epsilon: float, max_points: int) -> np.ndarray:
+    """Douglas-Peucker at `epsilon` pixels, coarsened step by step until at most `max_points` remain."""
+    simplified = cv2.approxPolyDP(contour, epsilon, True) if epsilon > 0 else contour
+    while len(simplified) > max_points:
+        epsilon = max(epsilon, 0.5) * SIMPLIFY_GROWTH
+        simplified = cv2.approxPolyDP(contour, epsilon, True)
+    return simplified.reshape(-1, 2).astype(np.float64)
 
 
 def polygons_to_mask(polygons: list[list[float]], width: int, height: int) -> np.ndarray:

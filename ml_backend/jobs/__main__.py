@@ -1,0 +1,3 @@
+from ml_backend.jobs.cli import main
+
+raise SystemExit(main())
