@@ -1,39 +1,55 @@
-# syntax=docker/dockerfile:1.7
 # One image, two targets:
 #   docker build -t od-annotation-worker .                      # RunPod worker (default, last stage)
 #   docker build --target backend -t od-annotation-backend .   # Label Studio ML backend + rq worker
 # Bake weights into the image (recommended for RunPod cold starts):
-#   docker build --build-arg BAKE_MODELS="grounding_dino sam2" \
+#   DOCKER_BUILDKIT=1 docker build --build-arg BAKE_MODELS="grounding_dino sam2" \
 #                --secret id=hf_token,env=HF_TOKEN -t od-annotation-worker .
-# The install step is `make install`, the same one CI runs.
+#
+# torch from PyPI is the CUDA 13.0 build and brings its own CUDA libraries, so the base is a plain
+# Python image (any Debian/Ubuntu image with python3.11 + venv works: BASE_IMAGE). Hosts whose NVIDIA
+# driver is too old for CUDA 13 need a torch built for an older CUDA, e.g.
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+# Layers go from rarely to often changed: dependencies (from pyproject.toml only), then the code,
+# so a code change rebuilds in seconds.
 
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM ${CUDA_IMAGE} AS base
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONUNBUFFERED=1 \
+FROM ${BASE_IMAGE} AS base
+ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/models/huggingface \
+    PYTHONPATH=/app \
     PATH=/app/.venv/bin:$PATH
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv make ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 app \
+RUN useradd --create-home --uid 10001 app \
     && mkdir -p /app /models/huggingface /tmp/od-annotation \
     && chown -R app:app /app /models /tmp/od-annotation
 WORKDIR /app
 USER app
-COPY --chown=app:app pyproject.toml README.md Makefile ./
-COPY --chown=app:app ml_backend ./ml_backend
-RUN make install
-COPY --chown=app:app model.py _wsgi.py test_input.json ./
+
+# Runtime dependencies only (no dev tools), read from pyproject.toml.
+ARG TORCH_INDEX_URL=""
+COPY --chown=app:app pyproject.toml ./
+RUN python3 -m venv /app/.venv \
+    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && if [ -n "$TORCH_INDEX_URL" ]; then \
+        grep -E '^(torch|torchvision)[=<>~ ]' /tmp/requirements.txt | xargs pip install --index-url "$TORCH_INDEX_URL"; \
+    fi \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Weights before the code: only the files the download needs, so a code change keeps this layer.
 ARG BAKE_MODELS=""
+COPY --chown=app:app ml_backend/__init__.py ml_backend/config.py ml_backend/download.py ./ml_backend/
 RUN --mount=type=secret,id=hf_token,uid=10001 \
     if [ -n "$BAKE_MODELS" ]; then \
         HF_TOKEN="$(cat /run/secrets/hf_token 2>/dev/null || true)" python -m ml_backend.download $BAKE_MODELS; \
     fi
 VOLUME ["/models/huggingface"]
+
+COPY --chown=app:app ml_backend ./ml_backend
+COPY --chown=app:app model.py _wsgi.py test_input.json ./
 
 FROM base AS backend
 EXPOSE 9090

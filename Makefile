@@ -31,6 +31,14 @@ apt-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server (Debian package) for the job tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (Debian package) for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+		&& command -v docker-compose >/dev/null 2>&1 || { \
+		echo "installing docker.io, docker-compose and debootstrap (Debian packages) for the image tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			docker.io docker-compose debootstrap >/dev/null; }
 
 $(LS_VENV)/.installed:
 	$(PYTHON) -m venv $(LS_VENV)

@@ -1,15 +1,18 @@
 """Backend overhead benchmark: one SAM click through HTTP /predict vs the bare engine, side by side.
 
-    python bench/backend.py [--width 1280 --height 960 --repeats 20]
+    python bench/backend.py [--sizes 1280x960,4032x3024 --repeats 20]
 
 Both paths share one process, one engine and one warm embedding cache, so the difference is the
-backend's own cost: HTTP, JSON, Label Studio context parsing, image lookup, brush RLE encoding.
+backend's own cost: HTTP, JSON, Label Studio context parsing, image lookup, brush RLE and polygons.
+The bare engine is `Engine.run(request)` answering the wire format (COCO RLE), as the worker does;
+where the engine can hand masks over as arrays (local mode), that call is shown too.
 Goal: overhead ratio <= 1.10.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import sys
@@ -52,87 +55,112 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=960)
+    parser.add_argument("--sizes", default="1280x960,4032x3024", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    sizes = [tuple(int(side) for side in size.split("x")) for size in args.sizes.split(",")]
 
     prepare_tiny_cache()
     os.environ.update(ALLOW_PRIVATE_URLS="true", IMAGE_CACHE_DIR=tempfile.mkdtemp(prefix="bench-images-"))
-    import requests
     from werkzeug.serving import make_server
 
     from _wsgi import app
     from ml_backend.config import settings
     from ml_backend.labelstudio.predictor import get_backend
+
+    engine = get_backend(settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rows = []
+    try:
+        for width, height in sizes:
+            rows += bench_size(
+                engine, f"http://127.0.0.1:{server.server_port}/predict", width, height, args.repeats
+            )
+    finally:
+        server.shutdown()
+
+    device = engine.describe()["device"]
+    print(f"{args.repeats} cached clicks per path, tiny SAM 2.1 on {device}")
+    for row in rows:
+        print(row)
+    print("goal: overhead <= 1.10x")
+
+
+def bench_size(engine, predict_url: str, width: int, height: int, repeats: int) -> list[str]:
+    """Rows for one image size: random-model (noisy) masks, then smooth ones."""
+    import requests
+
+    from ml_backend.config import settings
     from ml_backend.models.base import SegmentMask
     from ml_backend.schemas import SegmentRequest
     from tests.labelstudio.configs import SAM_CONFIG
     from tests.support import make_image, serve_images
 
-    engine = get_backend(settings)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    predict_url = f"http://127.0.0.1:{server.server_port}/predict"
     http = requests.Session()
-
+    arrays_supported = "arrays" in inspect.signature(engine.run).parameters
     with serve_images() as images:
-        image_url = images.add("/photo.jpg", make_image(args.width, args.height, fmt="JPEG"))
+        image_url = images.add(f"/photo-{width}x{height}.jpg", make_image(width, height, fmt="JPEG"))
+        known = set(Path(settings.image_cache_dir).rglob("*"))
         http.post(
-            predict_url, json=keypoint_payload(image_url, args.width, args.height, SAM_CONFIG, 30.0)
+            predict_url, json=keypoint_payload(image_url, width, height, SAM_CONFIG, 30.0)
         ).raise_for_status()
-        local_file = next(Path(settings.image_cache_dir).rglob("*"))
+        local_file = next(
+            path for path in Path(settings.image_cache_dir).rglob("*") if path.is_file() and path not in known
+        )
 
-        def bare_click(x: float) -> None:
-            request = SegmentRequest(
+        def request(x: float) -> SegmentRequest:
+            return SegmentRequest(
                 model="sam2",
                 image_path=str(local_file),
                 prompt_type="points",
                 points=[(x / 100, 0.4)],
                 labels=[1],
             )
-            engine.run(request)
 
-        def http_click(x: float) -> None:
-            response = http.post(
-                predict_url, json=keypoint_payload(image_url, args.width, args.height, SAM_CONFIG, x)
-            )
-            response.raise_for_status()
+        paths = {
+            "bare engine": lambda x: engine.run(request(x)),
+            "HTTP /predict": lambda x: http.post(
+                predict_url, json=keypoint_payload(image_url, width, height, SAM_CONFIG, x)
+            ).raise_for_status(),
+        }
+        if arrays_supported:
+            paths["engine, arrays"] = lambda x: engine.run(request(x), arrays=True)
 
-        def measure() -> tuple[float, float]:
-            bare, over_http = [], []
-            for index in range(args.repeats):
+        def measure() -> dict[str, float]:
+            samples: dict[str, list[float]] = {name: [] for name in paths}
+            for index in range(repeats):
                 x = 20.0 + index % 50
-                for action, samples in ((bare_click, bare), (http_click, over_http)):
+                for name, action in paths.items():
                     started = time.perf_counter()
                     action(x)
-                    samples.append(time.perf_counter() - started)
-            return median_ms(bare), median_ms(over_http)
+                    samples[name].append(time.perf_counter() - started)
+            return {name: median_ms(values) for name, values in samples.items()}
 
         random_masks = measure()
         # A random-weight SAM draws speckle noise: thousands of runs and contours per mask. Real
         # masks are smooth, so measure again with the model's output swapped for a smooth ellipse.
         segmenter = engine.registry.get("sam2")
         real_segment = segmenter.segment
-        ellipse = smooth_mask(args.width, args.height)
+        ellipse = smooth_mask(width, height)
 
         def smooth_segment(*call_args, **call_kwargs):
             return [SegmentMask(m.score, ellipse) for m in real_segment(*call_args, **call_kwargs)]
 
         segmenter.segment = smooth_segment
-        smooth_masks = measure()
-    server.shutdown()
-
-    device = engine.describe()["device"]
-    print(
-        f"image {args.width}x{args.height}, {args.repeats} cached clicks per path, tiny SAM 2.1 on {device}"
-    )
-    for name, (bare, over_http) in (("random-model mask", random_masks), ("smooth mask", smooth_masks)):
-        ratio = over_http / bare
-        print(
-            f"{name:18s} bare engine {bare:7.1f} ms | HTTP /predict {over_http:7.1f} ms | overhead {ratio:5.2f}x"
+        try:
+            smooth_masks = measure()
+        finally:
+            del segmenter.segment
+    rows = []
+    for kind, times in (("noisy (random model)", random_masks), ("smooth", smooth_masks)):
+        ratio = times["HTTP /predict"] / times["bare engine"]
+        arrays = f" | engine, arrays {times['engine, arrays']:7.1f} ms" if arrays_supported else ""
+        rows.append(
+            f"{width}x{height} {kind:21s} bare engine {times['bare engine']:7.1f} ms{arrays} | "
+            f"HTTP /predict {times['HTTP /predict']:7.1f} ms | overhead {ratio:5.2f}x"
         )
-    print("goal: overhead <= 1.10x")
+    return rows
 
 
 def smooth_mask(width: int, height: int):

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
 
     # Label Studio backend
     label_studio_url: str | None = None
+    label_studio_public_url: str | None = None
     label_studio_api_key: SecretStr | None = None
     interactive_segmenter: Literal["sam2", "sam3"] = "sam2"
     text_prompt_model: Literal["grounding_dino", "sam3", "florence2"] = "grounding_dino"

@@ -14,12 +14,16 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Protocol
+from contextvars import ContextVar
+from typing import Protocol, TypeVar
+
+import numpy as np
+from pydantic import PrivateAttr
 
 from ml_backend.config import Settings
 from ml_backend.config import settings as default_settings
-from ml_backend.images import ImageLimits, RGBImage, decode_image, load_source_bytes
-from ml_backend.masks import encode_rle, mask_box, mask_polygons
+from ml_backend.images import ImageLimits, RGBImage, content_key, decode_image, load_source_bytes
+from ml_backend.masks import PolygonOptions, encode_rle, mask_box, mask_polygons
 from ml_backend.models.base import Detection, EmbeddingCache, SegmentMask, SegmentPrompt
 from ml_backend.models.registry import ModelRegistry
 from ml_backend.schemas import (
@@ -32,10 +36,13 @@ from ml_backend.schemas import (
     DetectResponse,
     EmbedRequest,
     EmbedResponse,
+    ImageRef,
+    ImageRefMiss,
     ImageSize,
     ImageSource,
     MaskFormat,
     MaskOut,
+    PolygonFields,
     RequestError,
     Response,
     SegmentRequest,
@@ -53,9 +60,30 @@ GPU_BATCH_GROUP = 8  # images per Grounding DINO forward in a batch request on a
 class InferenceBackend(Protocol):
     """What a front needs: the local Engine and the RunPod offload client both satisfy it."""
 
-    def run(self, request: Request) -> Response: ...
+    def run(self, request: Request, *, arrays: bool = False) -> Response: ...
 
     def describe(self) -> dict: ...
+
+
+# Set for the duration of one `Engine.run(..., arrays=True)`: masks stay arrays, no COCO RLE is encoded.
+_MASK_ARRAYS: ContextVar[bool] = ContextVar("mask_arrays", default=False)
+
+
+class MaskOutWithArray(MaskOut):
+    """A segment mask that hands its boolean array to a caller in this process; never serialised."""
+
+    _array: np.ndarray | None = PrivateAttr(default=None)
+
+
+class DetectionOutWithArray(DetectionOut):
+    """A detection that hands its boolean mask to a caller in this process; never serialised."""
+
+    _array: np.ndarray | None = PrivateAttr(default=None)
+
+
+def mask_array(out: MaskOut | DetectionOut) -> np.ndarray | None:
+    """The boolean mask a local `run(..., arrays=True)` attached instead of RLE; None otherwise."""
+    return out._array if isinstance(out, MaskOutWithArray | DetectionOutWithArray) else None
 
 
 class ResourceError(RuntimeError):
@@ -82,10 +110,20 @@ class Engine:
         self.limits = ImageLimits.from_settings(self.settings)
         self.allow_local_paths = allow_local_paths
         self._decoded_files: EmbeddingCache[RGBImage] = EmbeddingCache(DECODED_FILE_CACHE_SIZE)
+        self._decoded_sources: EmbeddingCache[RGBImage] = EmbeddingCache(self.settings.embedding_cache_size)
 
     # ---- public ----
 
-    def run(self, request: Request) -> Response:
+    def run(self, request: Request, *, arrays: bool = False) -> Response:
+        """`arrays=True` (a caller in this process, e.g. the Label Studio backend in local mode): masks
+        come back as boolean arrays (`mask_array`) instead of COCO RLE, sparing an encode and a decode."""
+        token = _MASK_ARRAYS.set(arrays)
+        try:
+            return self._run(request)
+        finally:
+            _MASK_ARRAYS.reset(token)
+
+    def _run(self, request: Request) -> Response:
         with self._out_of_memory_guard():
             if isinstance(request, DetectRequest):
                 return self._detect(request)
@@ -103,13 +141,30 @@ class Engine:
             "models_loaded": self.registry.loaded(),
         }
 
-    def load_image(self, source: ImageSource, prefix: str = "image_") -> RGBImage:
+    def load_image(self, source: ImageSource, prefix: str = "image_", remember: bool = True) -> RGBImage:
+        """The decoded image; `remember` keeps a url/base64 image for later `image_ref` requests."""
         if source.image_path:
             return self._load_local_file(source.image_path, prefix)
+        if source.image_ref:
+            return self._load_by_ref(source.image_ref)
         data = load_source_bytes(
             self.limits, url=source.image_url, base64_data=source.image_base64, prefix=prefix
         )
-        return decode_image(data, self.limits, field=f"{prefix}{_source_kind(source)}")
+        field = f"{prefix}{_source_kind(source)}"
+        if not remember:
+            return decode_image(data, self.limits, field=field)
+        return self._decoded_sources.get_or_compute(
+            (content_key(data), len(data)), lambda: decode_image(data, self.limits, field=field)
+        )
+
+    def _load_by_ref(self, ref: ImageRef) -> RGBImage:
+        """An image decoded here before, by content hash and size (an LRU of EMBEDDING_CACHE_SIZE images):
+        a repeated offloaded click names the image instead of carrying it again."""
+
+        def miss() -> RGBImage:
+            raise ImageRefMiss()
+
+        return self._decoded_sources.get_or_compute((ref.hash, ref.bytes), miss)
 
     def _load_local_file(self, path: str, prefix: str) -> RGBImage:
         """Local files (the Label Studio backend's downloads) stay decoded in a small LRU keyed by path,
@@ -142,7 +197,8 @@ class Engine:
             detections = detections[: options.max_detections]
         if options.with_masks:
             detections = self._add_masks(image, detections)
-        return [_detection_out(detection, options.mask_format) for detection in detections]
+        outline = self.polygon_options(options)
+        return [_detection_out(detection, options.mask_format, outline) for detection in detections]
 
     # ---- tasks ----
 
@@ -168,7 +224,7 @@ class Engine:
             model=request.model,
             model_id=self._model_id(request.model),
             image=ImageSize(width=image.width, height=image.height),
-            masks=[_mask_out(mask, request.mask_format) for mask in masks],
+            masks=[_mask_out(mask, request.mask_format, self.polygon_options(request)) for mask in masks],
             timing_ms=_timing(started, loaded),
         )
 
@@ -227,7 +283,7 @@ class Engine:
         def load(index: int) -> tuple[RGBImage | str, float]:
             started = time.perf_counter()
             try:
-                image: RGBImage | str = self.load_image(request.images[index].as_source())
+                image: RGBImage | str = self.load_image(request.images[index].as_source(), remember=False)
             except RequestError as error:
                 image = str(error)
             return image, time.perf_counter() - started
@@ -298,6 +354,14 @@ class Engine:
     def _segmenter(self, model: str):
         return self.registry.get("sam2" if model == "sam2" else "sam3_tracker")
 
+    def polygon_options(self, fields: PolygonFields) -> PolygonOptions:
+        return PolygonOptions.from_settings(
+            self.settings,
+            tolerance=fields.polygon_tolerance,
+            max_points=fields.polygon_max_points,
+            min_area=fields.polygon_min_area,
+        )
+
     def _model_id(self, model: str) -> str:
         return self.registry.model_id(model)
 
@@ -333,21 +397,42 @@ def _timing(started: float, loaded: float) -> Timing:
     )
 
 
-def _mask_fields(mask, mask_format: MaskFormat) -> dict:
+def _mask_fields(mask, mask_format: MaskFormat, outline: PolygonOptions) -> dict:
     fields: dict = {}
-    if mask_format in ("rle", "both"):
+    if mask_format in ("rle", "both") and not _MASK_ARRAYS.get():
         fields["mask"] = encode_rle(mask)
     if mask_format in ("polygons", "both"):
-        fields["polygons"] = mask_polygons(mask)
+        fields["polygons"] = mask_polygons(mask, outline)
     return fields
 
 
-def _detection_out(detection: Detection, mask_format: MaskFormat) -> DetectionOut:
-    extra = _mask_fields(detection.mask, mask_format) if detection.mask is not None else {}
-    return DetectionOut(label=detection.label, score=round(detection.score, 4), box=detection.box, **extra)
+def _detection_out(detection: Detection, mask_format: MaskFormat, outline: PolygonOptions) -> DetectionOut:
+    extra = _mask_fields(detection.mask, mask_format, outline) if detection.mask is not None else {}
+    fields = {"label": detection.label, "score": round(detection.score, 4), "box": detection.box, **extra}
+    if detection.mask is not None and _keeps_array(mask_format):
+        return _attach(DetectionOutWithArray(**fields), detection.mask)
+    return DetectionOut(**fields)
 
 
-def _mask_out(mask: SegmentMask, mask_format: MaskFormat) -> MaskOut:
-    return MaskOut(
-        score=round(mask.score, 4), box=mask_box(mask.mask), **_mask_fields(mask.mask, mask_format)
-    )
+def _mask_out(mask: SegmentMask, mask_format: MaskFormat, outline: PolygonOptions) -> MaskOut:
+    fields = {
+        "score": round(mask.score, 4),
+        "box": mask_box(mask.mask),
+        **_mask_fields(mask.mask, mask_format, outline),
+    }
+    if _keeps_array(mask_format):
+        return _attach(MaskOutWithArray(**fields), mask.mask)
+    return MaskOut(**fields)
+
+
+def _keeps_array(mask_format: MaskFormat) -> bool:
+    """Whether the mask travels as an array: where RLE was asked for, in a run that wants arrays."""
+    return mask_format in ("rle", "both") and _MASK_ARRAYS.get()
+
+
+Out = TypeVar("Out", MaskOutWithArray, DetectionOutWithArray)
+
+
+def _attach(out: Out, mask: np.ndarray) -> Out:
+    out._array = mask
+    return out

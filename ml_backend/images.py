@@ -87,7 +87,12 @@ def decode_image(data: bytes, limits: ImageLimits, field: str = "image") -> RGBI
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{field}: cannot decode image ({error.__class__.__name__}: {error})") from None
-    return RGBImage(pil=rgb, key=hashlib.blake2b(data, digest_size=16).hexdigest())
+    return RGBImage(pil=rgb, key=content_key(data))
+
+
+def content_key(data: bytes) -> str:
+    """The image's identity: the embedding-cache key and the wire contract's `image_ref.hash`."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

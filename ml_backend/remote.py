@@ -6,6 +6,9 @@ same response the local engine returns, so the Label Studio backend can use eith
 - Local files (`image_path`, `images[].path`: Label Studio uploads) travel as base64, re-encoded
   smaller when needed so the whole body stays under RUNPOD_MAX_PAYLOAD_MB (coordinates are
   normalised, so a smaller copy gives the same geometry).
+- A single local image is sent in full once; later requests for the same file (path, size, mtime)
+  send only `image_ref` (hash and size of the bytes sent). A worker that no longer holds the image
+  answers `IMAGE_REF_MISS` and the request goes again, once, with the bytes.
 - `/runsync` answers within its wait window; a job still queued or running is then polled with
   `POST /status/{id}` (POST works on production and on the SDK's local API server).
 - 429, 5xx and connection errors are retried with bounded exponential backoff; past
@@ -23,7 +26,9 @@ import base64
 import json
 import logging
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -34,13 +39,17 @@ import requests
 from pydantic import ValidationError
 
 from ml_backend.config import Settings
-from ml_backend.images import ImageLimits, decode_image, encode_jpeg, read_path
+from ml_backend.images import ImageLimits, content_key, decode_image, encode_jpeg, read_path
 from ml_backend.masks import decode_rle, encode_rle, resize_mask
 from ml_backend.schemas import (
+    IMAGE_REF_MISS,
     BatchItem,
     BatchRequest,
     BatchResponse,
     DetectRequest,
+    EmbedRequest,
+    EmbedResponse,
+    ImageRef,
     ImageSize,
     RequestError,
     Response,
@@ -50,7 +59,7 @@ from ml_backend.schemas import (
 )
 
 log = logging.getLogger(__name__)
-Request = DetectRequest | SegmentRequest | BatchRequest
+Request = DetectRequest | SegmentRequest | BatchRequest | EmbedRequest
 
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 MAX_TRIES = 5
@@ -65,6 +74,7 @@ CANCEL_TIMEOUT_S = 5.0
 RUNSYNC_WAIT_MS = (1_000, 300_000)  # the range RunPod accepts for /runsync?wait=
 ASYNC_PAYLOAD_MAX_MB = 9.5  # /run accepts 10 MB, less than /runsync's 20 MB
 MB = 1024 * 1024
+SENT_IMAGES_MAX = 4096  # remembered local files (a few hundred bytes each)
 
 
 class RemoteInferenceError(RuntimeError):
@@ -92,6 +102,15 @@ def endpoint_url(settings: Settings) -> str:
 # ---- request body: local files → base64 under a byte budget ----
 
 
+@dataclass(frozen=True)
+class SentImage:
+    """The bytes a worker got for a local file, as an `image_ref`, and the file's (width, height)
+    when those bytes were a downscaled copy."""
+
+    ref: ImageRef
+    original_size: tuple[int, int] | None = None
+
+
 @dataclass
 class PackedInput:
     """The RunPod `input` object, plus batch images (by position) that could not be read here."""
@@ -100,6 +119,8 @@ class PackedInput:
     skipped: dict[int, str] = field(default_factory=dict)
     # Images sent downscaled: their original (width, height), keyed by batch index (None: single image).
     original_sizes: dict[int | None, tuple[int, int]] = field(default_factory=dict)
+    # The single image's bytes as sent, for `image_ref` on later requests (None for batches).
+    sent: SentImage | None = None
 
 
 @dataclass
@@ -126,19 +147,34 @@ def pack_input(request: Request, limits: ImageLimits, budget_bytes: int) -> Pack
     caps = share_budget([base64_size(_file_size(image.path)) for image in images], spare)
     skipped: dict[int, str] = {}
     original_sizes: dict[int | None, tuple[int, int]] = {}
+    sent: SentImage | None = None
     for image, cap in zip(images, caps, strict=True):
         try:
-            image.holder[image.data_key], original_size = embed_image(image.path, cap, limits, image.field)
+            data, original_size = embed_image(image.path, cap, limits, image.field)
         except RequestError as error:
             if image.batch_index is None:
                 raise
             skipped[image.batch_index] = str(error)
             continue
+        image.holder[image.data_key] = base64.b64encode(data).decode("ascii")
         if original_size is not None:
             original_sizes[image.batch_index] = original_size
+        if image.batch_index is None:
+            sent = SentImage(ImageRef(hash=content_key(data), bytes=len(data)), original_size)
     if skipped:
         _drop_batch_images(payload, skipped)
-    return PackedInput(payload, skipped, original_sizes)
+    return PackedInput(payload, skipped, original_sizes, sent)
+
+
+def pack_by_reference(request: Request, sent: SentImage) -> PackedInput:
+    """A single-image `request` with its local file replaced by the `image_ref` of the bytes sent before."""
+    payload = request.model_dump(mode="json", exclude_none=True)
+    del payload["image_path"]
+    payload["image_ref"] = sent.ref.model_dump()
+    original_sizes: dict[int | None, tuple[int, int]] = {}
+    if sent.original_size is not None:
+        original_sizes[None] = sent.original_size
+    return PackedInput(payload, original_sizes=original_sizes, sent=sent)
 
 
 def _take_local_images(payload: dict[str, Any]) -> list[_LocalImage]:
@@ -159,16 +195,17 @@ def _drop_batch_images(payload: dict[str, Any], skipped: dict[int, str]) -> None
 
 def embed_image(
     path: str, max_chars: int, limits: ImageLimits, field: str
-) -> tuple[str, tuple[int, int] | None]:
-    """The file as base64; re-encoded as a smaller JPEG when its base64 is over `max_chars`, in which
-    case the original (width, height) comes back too, so results can be scaled back to it."""
+) -> tuple[bytes, tuple[int, int] | None]:
+    """The bytes to send for the file: the file itself, or a smaller JPEG when its base64 would be over
+    `max_chars`, in which case the original (width, height) comes back too, so results can be scaled
+    back to it."""
     data = read_path(path, limits, field)
     if base64_size(len(data)) <= max_chars:
-        return base64.b64encode(data).decode("ascii"), None
+        return data, None
     image = decode_image(data, limits, field)
     encoded = encode_jpeg(image, max_bytes=max_chars // 4 * 3)
     log.info("%s: re-encoded %d → %d bytes to fit the RunPod payload budget", field, len(data), len(encoded))
-    return base64.b64encode(encoded).decode("ascii"), (image.width, image.height)
+    return encoded, (image.width, image.height)
 
 
 def share_budget(sizes: list[int], budget: int) -> list[int]:
@@ -314,6 +351,8 @@ def restore_original_sizes(response: Response, packed: PackedInput) -> Response:
 
 def _rescaled(result: Any, size: tuple[int, int]) -> Any:
     width, height = size
+    if isinstance(result, EmbedResponse):
+        return result.model_copy(update={"image": ImageSize(width=width, height=height)})
     regions = "masks" if isinstance(result, SegmentResponse) else "detections"
     scaled = [
         region.model_copy(update={"mask": encode_rle(resize_mask(decode_rle(region.mask), width, height))})
@@ -322,6 +361,69 @@ def _rescaled(result: Any, size: tuple[int, int]) -> Any:
         for region in getattr(result, regions) or []
     ]
     return result.model_copy(update={regions: scaled, "image": ImageSize(width=width, height=height)})
+
+
+FileIdentity = tuple[str, int, int]
+
+
+def local_file(request: Request) -> FileIdentity | None:
+    """(path, size, mtime) of a single-image request's local file: a changed file is another image."""
+    path = getattr(request, "image_path", None)  # batches have none: their images go in full
+    if not path:
+        return None
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None  # pack_input reports the missing file with its field name
+    return (path, stat.st_size, stat.st_mtime_ns)
+
+
+class SentImages:
+    """Which bytes went to RunPod for which local file: a bounded, thread-safe LRU.
+
+    One request at a time uploads a file: a click that arrives while its image is on the way (say,
+    sent by a prewarm) waits for that upload and then sends the ref, instead of a second upload.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[FileIdentity, SentImage] = OrderedDict()
+        self._uploading: set[FileIdentity] = set()
+        self._changed = threading.Condition()
+
+    def ref_or_claim(self, file: FileIdentity, wait_s: float) -> SentImage | None:
+        """What was sent for `file`; or None, and the caller uploads it and then calls `release`."""
+        deadline = time.monotonic() + wait_s
+        with self._changed:
+            while file in self._uploading and self._changed.wait(max(deadline - time.monotonic(), 0.0)):
+                pass
+            if file in self._items:
+                self._items.move_to_end(file)
+                return self._items[file]
+            self._uploading.add(file)
+            return None
+
+    def release(self, file: FileIdentity, sent: SentImage | None) -> None:
+        """End the upload of `file`; `sent` is what the worker got, or None when the upload failed."""
+        with self._changed:
+            self._uploading.discard(file)
+            if sent is not None:
+                self._remember(file, sent)
+            self._changed.notify_all()
+
+    def remember(self, file: FileIdentity, sent: SentImage) -> None:
+        with self._changed:
+            self._remember(file, sent)
+
+    def forget(self, file: FileIdentity) -> None:
+        with self._changed:
+            self._items.pop(file, None)
+
+    def _remember(self, file: FileIdentity, sent: SentImage) -> None:
+        self._items[file] = sent
+        self._items.move_to_end(file)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
 
 
 class RemoteEngine:
@@ -340,16 +442,32 @@ class RemoteEngine:
         self.limits = ImageLimits.from_settings(settings)
         self._sleep = sleep
         self._clock = clock
+        self._sent = SentImages(SENT_IMAGES_MAX)
+        self._refs_accepted = True  # until a worker rejects the field itself (an image older than image_ref)
 
     # ---- public ----
 
-    def run(self, request: Request) -> Response:
-        packed = pack_input(request, self.limits, int(self.settings.runpod_max_payload_mb * MB))
-        deadline = self._clock() + self.settings.runpod_timeout_s
-        job = self._post("runsync", deadline, packed.payload, wait=True)
-        response = restore_original_sizes(self._finish(job, deadline), packed)
-        if isinstance(request, BatchRequest) and isinstance(response, BatchResponse):
-            return with_skipped(response, request, packed.skipped)
+    def run(self, request: Request, *, arrays: bool = False) -> Response:
+        # `arrays` is for in-process engines; offloaded masks always arrive as the wire's RLE.
+        file = local_file(request) if self._refs_accepted else None
+        if file is None:
+            return self._run_with_bytes(request)[0]
+        sent = self._sent.ref_or_claim(file, self.settings.runpod_timeout_s + READ_MARGIN_S)
+        if sent is None:
+            try:
+                response, sent = self._run_with_bytes(request)
+            finally:
+                self._sent.release(file, sent)
+            return response
+        try:
+            return self._run_packed(request, pack_by_reference(request, sent))
+        except RemoteInferenceError as error:
+            if not self._ref_refused(error):
+                raise
+        self._sent.forget(file)
+        response, resent = self._run_with_bytes(request)
+        if resent is not None:
+            self._sent.remember(file, resent)
         return response
 
     def run_async(self, request: Request) -> str:
@@ -377,6 +495,32 @@ class RemoteEngine:
             "timeout_s": self.settings.runpod_timeout_s,
             "max_payload_mb": self.settings.runpod_max_payload_mb,
         }
+
+    def _run_with_bytes(self, request: Request) -> tuple[Response, SentImage | None]:
+        """Run with the local files' bytes; also what was sent for a single image, for its ref."""
+        packed = pack_input(request, self.limits, int(self.settings.runpod_max_payload_mb * MB))
+        return self._run_packed(request, packed), packed.sent
+
+    def _run_packed(self, request: Request, packed: PackedInput) -> Response:
+        deadline = self._clock() + self.settings.runpod_timeout_s
+        job = self._post("runsync", deadline, packed.payload, wait=True)
+        response = restore_original_sizes(self._finish(job, deadline), packed)
+        if isinstance(request, BatchRequest) and isinstance(response, BatchResponse):
+            return with_skipped(response, request, packed.skipped)
+        return response
+
+    def _ref_refused(self, error: RemoteInferenceError) -> bool:
+        """Whether the worker turned the `image_ref` down (then the bytes go once more): it no longer
+        holds the image, or it predates the field, after which only bytes are sent."""
+        message = str(error)
+        if error.status != "FAILED" or not message.startswith("image_ref"):
+            return False
+        if message.startswith(IMAGE_REF_MISS):
+            log.info("RunPod worker no longer holds the image (job %s); sending it again", error.job_id)
+        else:
+            self._refs_accepted = False
+            log.warning("RunPod worker does not accept image_ref (%s); sending images in full", message[:120])
+        return True
 
     # ---- polling ----
 

@@ -38,23 +38,47 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class PolygonFields(WireModel):
+    """Polygon output settings (`mask_format: polygons | both`); unset fields take the server's
+    POLYGON_TOLERANCE, POLYGON_MAX_POINTS and POLYGON_MIN_AREA."""
+
+    polygon_tolerance: Annotated[float, Field(ge=0.0, le=0.1)] | None = None
+    polygon_max_points: Annotated[int, Field(ge=3, le=100_000)] | None = None
+    polygon_min_area: Unit | None = None
+
+
+IMAGE_REF_MISS = "image_ref: not cached on this worker"
+"""The stable start of a worker's error for an `image_ref` it does not hold: resend with the bytes."""
+
+
+class ImageRef(WireModel):
+    """An image the worker has seen before: the blake2b-128 hex digest of its source bytes (the
+    embedding-cache key, `RGBImage.key`) and their length."""
+
+    hash: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    bytes: Annotated[int, Field(gt=0)]
+
+
 class ImageSource(WireModel):
-    """Exactly one of the image fields. `image_path` is accepted only by the Label Studio backend."""
+    """Exactly one of the image fields. `image_path` is accepted only by the Label Studio backend;
+    `image_ref` only names an image this worker decoded before (else an `IMAGE_REF_MISS` error)."""
 
     image_url: str | None = None
     image_base64: str | None = None
     image_path: str | None = None
+    image_ref: ImageRef | None = None
 
     @model_validator(mode="after")
     def _exactly_one_image(self) -> ImageSource:
-        given = [name for name in ("image_url", "image_base64", "image_path") if getattr(self, name)]
+        fields = ("image_url", "image_base64", "image_path", "image_ref")
+        given = [name for name in fields if getattr(self, name)]
         if len(given) != 1:
             found = ", ".join(given) if given else "none"
-            raise ValueError(f"image: give exactly one of image_url or image_base64 (got {found})")
+            raise ValueError(f"image: give exactly one of image_url, image_base64 or image_ref (got {found})")
         return self
 
 
-class DetectOptions(WireModel):
+class DetectOptions(PolygonFields):
     model: DetectModel
     text_prompt: str | None = None
     box_threshold: Unit | None = None
@@ -81,7 +105,7 @@ class DetectRequest(DetectOptions, ImageSource):
     task: Literal["detect"] = "detect"
 
 
-class SegmentRequest(ImageSource):
+class SegmentRequest(PolygonFields, ImageSource):
     task: Literal["segment"] = "segment"
     model: SegmentModel
     prompt_type: Literal["point", "points", "box", "text"] | None = None
@@ -165,6 +189,13 @@ _request_adapter: TypeAdapter[AnyRequest] = TypeAdapter(Request)
 
 class RequestError(ValueError):
     """Bad input: the message names the field and the reason, for the user to act on."""
+
+
+class ImageRefMiss(RequestError):
+    """The worker holds no image for this `image_ref` (evicted, restarted, or another worker)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{IMAGE_REF_MISS}; send the image again as image_base64 or image_url")
 
 
 def parse_request(payload: Any) -> AnyRequest:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ml_backend.config import settings
 from ml_backend.engine import Engine, ResourceError
-from ml_backend.logs import configure_logging
+from ml_backend.logs import configure_logging, configure_runpod_logging
 from ml_backend.schemas import RequestError, parse_request
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,9 @@ def sdk_arguments(argv: list[str], deployed: bool) -> list[str]:
 
 def main() -> None:
     configure_logging(settings.log_level)
+    serving = get_engine().describe()  # resolves the device: DEVICE=cuda without a usable GPU stops here
+    log.info("OD annotation worker on device %s, dtype %s", serving["device"], serving["dtype"])
+    configure_runpod_logging(settings.log_level)
     if settings.preload_models:
         get_engine().registry.preload(settings.preload_models)
     import runpod

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,9 +91,15 @@ def _log_tail(path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    with running_label_studio(tmp_path_factory.mktemp("label-studio")) as instance:
+        yield instance
+
+
+@contextmanager
+def running_label_studio(data: Path, extra_env: dict[str, str] | None = None) -> Iterator[LabelStudio]:
+    """A real Label Studio keeping its files in `data`, with `extra_env` (e.g. ML_TIMEOUT_PREDICT)."""
     if not LABEL_STUDIO_BIN.exists():
         pytest.fail(f"{LABEL_STUDIO_BIN} missing: run `make label-studio-venv` (make test does)")
-    data = tmp_path_factory.mktemp("label-studio")
     port = free_port()
     token = secrets.token_hex(20)
     env = {
@@ -104,6 +111,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         "COLLECT_ANALYTICS": "false",
         "ML_BLOCK_LOCAL_IP": "false",
         "SSRF_PROTECTION_ENABLED": "false",
+        **(extra_env or {}),
     }
     for stray in ("USERNAME", "PASSWORD"):
         env.pop(stray, None)
@@ -130,8 +138,16 @@ def backend_url(
     label_studio: LabelStudio, tiny_hf_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The backend exactly as `make run` starts it (gunicorn, threads), on tiny models."""
+    with running_backend(label_studio, tmp_path_factory.mktemp("backend")) as url:
+        yield url
+
+
+@contextmanager
+def running_backend(
+    label_studio: LabelStudio, work: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The backend under gunicorn on tiny models, connected to `label_studio`, with `extra_env`."""
     port = free_port()
-    work = tmp_path_factory.mktemp("backend")
     env = {
         **os.environ,
         "DEVICE": "cpu",
@@ -142,6 +158,7 @@ def backend_url(
         "DEFAULT_BOX_THRESHOLD": "0",
         "DEFAULT_TEXT_THRESHOLD": "0",
         "PRELOAD_MODELS": "grounding_dino,sam2",
+        **(extra_env or {}),
     }
     log_path = work / "backend.log"
     gunicorn = Path(sys.executable).with_name("gunicorn")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,15 @@ import torch
 from ml_backend.config import load_settings
 from ml_backend.engine import Engine, ResourceError, split_phrases
 from ml_backend.masks import decode_rle
-from ml_backend.schemas import BatchResponse, DetectResponse, RequestError, SegmentResponse, parse_request
+from ml_backend.schemas import (
+    IMAGE_REF_MISS,
+    BatchResponse,
+    DetectResponse,
+    ImageRefMiss,
+    RequestError,
+    SegmentResponse,
+    parse_request,
+)
 from tests.support import make_image, serve_images
 
 WIDTH, HEIGHT = 64, 48
@@ -339,3 +348,76 @@ def test_local_files_are_decoded_once_until_they_change(tmp_path: Path, tiny_hf_
     path.unlink()
     with pytest.raises(RequestError, match="image_path: no such file"):
         engine.load_image(source)
+
+
+# ---- image_ref: an image decoded before, named by content hash and size ----
+
+
+def ref_of(data: bytes) -> dict:
+    return {"hash": hashlib.blake2b(data, digest_size=16).hexdigest(), "bytes": len(data)}
+
+
+def test_image_ref_serves_an_image_sent_before(tiny_hf_cache: Path) -> None:
+    engine = Engine(load_settings(device="cpu"))
+    data = make_image(WIDTH, HEIGHT)
+    click = {"task": "segment", "model": "sam2", "point": [0.4, 0.6]}
+    by_bytes = run(engine, {**click, "image_base64": base64.b64encode(data).decode()})
+    embeddings = engine.registry.get("sam2").cache
+    hits = embeddings.hits
+    by_ref = run(engine, {**click, "image_ref": ref_of(data)})
+    assert by_ref.model_dump(exclude={"timing_ms"}) == by_bytes.model_dump(exclude={"timing_ms"})
+    assert embeddings.hits == hits + 1, "the ref is the embedding-cache key"
+    assert by_ref.image.width == WIDTH
+
+
+def test_image_ref_unknown_or_of_another_size_is_a_distinct_error(tiny_hf_cache: Path) -> None:
+    engine = Engine(load_settings(device="cpu"))
+    data = make_image(WIDTH, HEIGHT)
+    engine.load_image(parse_request({"task": "embed", "image_base64": base64.b64encode(data).decode()}))
+    wrong_size = {**ref_of(data), "bytes": len(data) + 1}
+    for ref in (ref_of(make_image(WIDTH + 1, HEIGHT)), wrong_size):
+        with pytest.raises(ImageRefMiss) as caught:
+            engine.run(
+                parse_request({"task": "segment", "model": "sam2", "image_ref": ref, "point": [0.5, 0.5]})
+            )
+        assert str(caught.value).startswith(IMAGE_REF_MISS)
+        assert isinstance(caught.value, RequestError), "the worker answers it as a FAILED job"
+
+
+def test_image_ref_after_an_embed_only_request(tiny_hf_cache: Path) -> None:
+    engine = Engine(load_settings(device="cpu"))
+    data = make_image(WIDTH, HEIGHT)
+    embedded = run(
+        engine, {"task": "embed", "model": "sam2", "image_base64": base64.b64encode(data).decode()}
+    )
+    assert (embedded.task, embedded.image.width, embedded.image.height) == ("embed", WIDTH, HEIGHT)
+    embeddings = engine.registry.get("sam2").cache
+    cached = len(embeddings)
+    clicked = run(
+        engine, {"task": "segment", "model": "sam2", "image_ref": ref_of(data), "point": [0.5, 0.5]}
+    )
+    assert clicked.masks and len(embeddings) == cached, "the click reused the prewarmed embedding"
+
+
+def test_decoded_images_are_bounded_by_the_embedding_cache_size(tiny_hf_cache: Path) -> None:
+    engine = Engine(load_settings(device="cpu", embedding_cache_size=2))
+    images = [make_image(WIDTH + extra, HEIGHT) for extra in range(3)]
+    for data in images:
+        engine.load_image(parse_request({"task": "embed", "image_base64": base64.b64encode(data).decode()}))
+    with pytest.raises(ImageRefMiss):
+        engine.load_image(parse_request({"task": "embed", "image_ref": ref_of(images[0])}))
+    assert (
+        engine.load_image(parse_request({"task": "embed", "image_ref": ref_of(images[2])})).width == WIDTH + 2
+    )
+
+
+def test_image_url_sources_are_remembered_but_batch_images_are_not(tiny_hf_cache: Path) -> None:
+    engine = Engine(load_settings(device="cpu", allow_private_urls=True))
+    clicked, batched = make_image(WIDTH, HEIGHT), make_image(32, 32)
+    with serve_images() as server:
+        run(engine, {"task": "embed", "image_url": server.add("/a.png", clicked)})
+        batch = {"task": "batch", "model": "grounding_dino", "text_prompt": "cat", **LOOSE}
+        run(engine, {**batch, "images": [{"id": 1, "url": server.add("/b.png", batched)}]})
+    assert engine.load_image(parse_request({"task": "embed", "image_ref": ref_of(clicked)})).width == WIDTH
+    with pytest.raises(ImageRefMiss):
+        engine.load_image(parse_request({"task": "embed", "image_ref": ref_of(batched)}))

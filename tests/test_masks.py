@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from pycocotools import mask as coco_mask
 
 from ml_backend.masks import decode_rle, encode_rle, mask_box, mask_polygons, polygons_to_mask
@@ -19,6 +20,36 @@ def test_rle_round_trip_and_pycocotools_compatibility() -> None:
     decoded = coco_mask.decode({"size": list(rle.size), "counts": rle.counts.encode()})
     assert np.array_equal(decoded.astype(bool), mask)
     assert np.array_equal(decode_rle(rle.model_dump(mode="json")), mask)
+
+
+def pycocotools_counts(mask: np.ndarray) -> str:
+    """The previous encoder: pycocotools on numpy's Fortran-ordered copy."""
+    return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (1, 7), (7, 1), (37, 53), (960, 1280), (3024, 4032)])
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.5, 1.0])
+def test_rle_equals_the_previous_encoder_on_random_masks(height: int, width: int, density: float) -> None:
+    mask = np.random.default_rng(height + width).random((height, width)) < density
+    rle = encode_rle(mask)
+    assert rle.size == (height, width)
+    assert rle.counts == pycocotools_counts(mask)
+    decoded = decode_rle(rle)
+    assert decoded.dtype == np.bool_ and decoded.flags.c_contiguous
+    np.testing.assert_array_equal(decoded, mask)
+
+
+@pytest.mark.parametrize(("height", "width"), [(960, 1280), (3024, 4032)])
+def test_rle_equals_the_previous_encoder_on_smooth_masks(height: int, width: int) -> None:
+    ys, xs = np.mgrid[0:height, 0:width]
+    mask = ((xs - width / 3) / (width / 4)) ** 2 + ((ys - height / 2) / (height / 3)) ** 2 <= 1
+    for variant in (mask, ~mask, np.asfortranarray(mask), mask[:, ::-1]):
+        assert encode_rle(variant).counts == pycocotools_counts(variant)
+        np.testing.assert_array_equal(decode_rle(encode_rle(variant)), variant)
+
+
+def test_rle_of_an_empty_image_matches_pycocotools() -> None:
+    assert encode_rle(np.zeros((0, 5), dtype=bool)).counts == pycocotools_counts(np.zeros((0, 5), dtype=bool))
 
 
 def test_mask_box_is_normalised_outer_edge() -> None:

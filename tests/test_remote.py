@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
+import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,17 @@ from ml_backend.remote import (
     share_budget,
     worker_error_text,
 )
-from ml_backend.schemas import BatchImage, BatchRequest, DetectRequest, RequestError, SegmentRequest
+from ml_backend.schemas import (
+    IMAGE_REF_MISS,
+    BatchImage,
+    BatchRequest,
+    DetectRequest,
+    EmbedRequest,
+    EmbedResponse,
+    RequestError,
+    SegmentRequest,
+)
+from tests.counting_proxy import counting_proxy
 from tests.fake_runpod import FakeRunPod, Reply, fake_runpod
 from tests.support import free_port, make_image
 
@@ -544,3 +558,273 @@ def test_backend_in_runpod_mode_gives_the_local_results(
         expected = without_region_ids(local.predict(call_tasks, interface, context))
         assert all(prediction["result"] for prediction in expected)
         assert without_region_ids(remote.predict(call_tasks, interface, context)) == expected
+
+
+# ---- image_ref: a repeated click names the image instead of sending it again ----
+
+
+class CachingWorker:
+    """A worker stand-in that remembers the images it decoded, like the real engine, and answers an
+    `image_ref` it does not hold with the documented miss error."""
+
+    def __init__(self) -> None:
+        self.images: dict[tuple[str, int], tuple[int, int]] = {}
+        self.inputs: list[dict[str, Any]] = []
+
+    def __call__(self, job: dict[str, Any]) -> dict[str, Any]:
+        payload = job["input"]
+        self.inputs.append(payload)
+        if "image_ref" in payload:
+            key = (payload["image_ref"]["hash"], payload["image_ref"]["bytes"])
+            if key not in self.images:
+                return {"error": f"{IMAGE_REF_MISS}; send the image again as image_base64 or image_url"}
+            width, height = self.images[key]
+        else:
+            data = base64.b64decode(payload["image_base64"])
+            width, height = image_size_of(payload["image_base64"])
+            self.images[(hashlib.blake2b(data, digest_size=16).hexdigest(), len(data))] = (width, height)
+        output = sizing_handler({"input": {**payload, "image_base64": solid_png(width, height)}})
+        return output if payload["task"] == "detect" else embed_output(width, height)
+
+    def restart(self) -> None:
+        self.images.clear()
+
+
+def solid_png(width: int, height: int) -> str:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def embed_output(width: int, height: int) -> dict[str, Any]:
+    return {
+        "task": "embed",
+        "model": "sam2",
+        "model_id": "facebook/sam2.1-hiera-large",
+        "image": {"width": width, "height": height},
+        "timing_ms": {},
+    }
+
+
+def sent_image(recorded: Any) -> str:
+    """What a recorded /runsync carried for the image: "bytes" or "ref"."""
+    payload = recorded.json()["input"]
+    assert ("image_base64" in payload) != ("image_ref" in payload), payload.keys()
+    return "bytes" if "image_base64" in payload else "ref"
+
+
+@pytest.fixture
+def worker() -> CachingWorker:
+    return CachingWorker()
+
+
+def test_a_repeated_request_sends_the_ref_of_the_bytes_sent_before(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, small_png: Path
+) -> None:
+    fake.handler = worker
+    engine = client(fake, clock)
+    first = engine.run(detect_request(small_png))
+    again = [engine.run(detect_request(small_png)) for _ in range(2)]
+
+    assert [sent_image(sent) for sent in fake.seen("runsync")] == ["bytes", "ref", "ref"]
+    data = small_png.read_bytes()
+    assert worker.inputs[1]["image_ref"] == {
+        "hash": hashlib.blake2b(data, digest_size=16).hexdigest(),
+        "bytes": len(data),
+    }
+    assert "image_path" not in worker.inputs[1]
+    assert all(len(sent.body) < 1_000 for sent in fake.seen("runsync")[1:])
+    assert all(response == first for response in again)
+
+
+def test_a_miss_resends_the_bytes_once_and_the_ref_works_again(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, small_png: Path
+) -> None:
+    fake.handler = worker
+    engine = client(fake, clock)
+    engine.run(detect_request(small_png))
+    worker.restart()  # or RunPod routed the job to another worker
+    response = engine.run(detect_request(small_png))
+    engine.run(detect_request(small_png))
+
+    assert response.detections[0].label == "cat"
+    assert [sent_image(sent) for sent in fake.seen("runsync")] == ["bytes", "ref", "bytes", "ref"]
+
+
+def test_a_miss_on_the_resend_is_not_resent_again(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, small_png: Path
+) -> None:
+    fake.handler = worker
+    engine = client(fake, clock)
+    engine.run(detect_request(small_png))
+    message = f"{IMAGE_REF_MISS}; something odd"
+    fake.fail_with(message)
+    with pytest.raises(RemoteInferenceError) as caught:
+        engine.run(detect_request(small_png))
+    assert str(caught.value) == message
+    assert [sent_image(sent) for sent in fake.seen("runsync")] == ["bytes", "ref", "bytes"]
+
+
+@pytest.mark.parametrize(
+    ("fail", "expected"),
+    [
+        (lambda fake: fake.fail_with("point.0: Input should be less than or equal to 1"), "point.0: Input"),
+        (lambda fake: fake.fail_next("runsync", *[Reply(503)] * 5), "RunPod answered HTTP 503; gave up"),
+        (lambda fake: setattr(fake, "stall", True), "RunPod did not finish within RUNPOD_TIMEOUT_S"),
+    ],
+    ids=["worker-error", "http-error", "timeout"],
+)
+def test_other_errors_of_a_ref_request_are_not_resent(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, small_png: Path, fail: Any, expected: str
+) -> None:
+    fake.handler = worker
+    engine = client(fake, clock)
+    engine.run(detect_request(small_png))
+    sent_before = len(fake.seen("runsync"))
+    fail(fake)
+    with pytest.raises(RemoteInferenceError, match=f"^{re.escape(expected)}"):
+        engine.run(detect_request(small_png))
+    assert {sent_image(sent) for sent in fake.seen("runsync")[sent_before:]} == {"ref"}, "never resent"
+
+
+def test_a_changed_file_is_sent_in_full(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, tmp_path: Path
+) -> None:
+    fake.handler = worker
+    engine = client(fake, clock)
+    path = tmp_path / "photo.png"
+    path.write_bytes(make_image(64, 48))
+    engine.run(detect_request(path))
+    path.write_bytes(make_image(80, 60))
+    changed = engine.run(detect_request(path))
+    assert (changed.image.width, changed.image.height) == (80, 60)
+    assert [sent_image(sent) for sent in fake.seen("runsync")] == ["bytes", "bytes"]
+
+
+def test_a_downscaled_image_is_named_by_the_bytes_sent_and_answered_at_full_size(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, tmp_path: Path
+) -> None:
+    fake.handler = worker
+    big = noise_png(tmp_path / "noise.png", 400, 300)
+    engine = client(fake, clock, runpod_max_payload_mb=0.03)
+    first = engine.run(detect_request(big))
+    again = engine.run(detect_request(big))
+
+    shipped = base64.b64decode(worker.inputs[0]["image_base64"])
+    assert shipped[:2] == b"\xff\xd8" and len(shipped) < big.stat().st_size
+    assert worker.inputs[1]["image_ref"] == {
+        "hash": hashlib.blake2b(shipped, digest_size=16).hexdigest(),
+        "bytes": len(shipped),
+    }
+    assert (again.image.width, again.image.height) == (400, 300)
+    assert again == first
+    assert decode_rle(again.detections[0].mask).shape == (300, 400)
+
+
+def test_a_worker_without_image_ref_gets_bytes_from_then_on(
+    fake: FakeRunPod,
+    clock: FakeClock,
+    worker: CachingWorker,
+    small_png: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def older_worker(job: dict[str, Any]) -> dict[str, Any]:
+        if "image_ref" in job["input"]:
+            return {"error": "image_ref: unknown field"}
+        return worker(job)
+
+    fake.handler = older_worker
+    engine = client(fake, clock)
+    for _ in range(3):
+        assert engine.run(detect_request(small_png)).detections
+    assert [sent_image(sent) for sent in fake.seen("runsync")] == ["bytes", "ref", "bytes", "bytes"]
+    assert "does not accept image_ref" in caplog.text
+
+
+def test_embed_uploads_once_so_the_first_click_sends_the_ref(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, small_png: Path
+) -> None:
+    fake.handler = worker
+    engine = client(fake, clock)
+    embedded = engine.run(EmbedRequest(image_path=str(small_png), model="sam2"))
+    clicked = engine.run(detect_request(small_png))
+    assert isinstance(embedded, EmbedResponse) and (embedded.image.width, embedded.image.height) == (64, 48)
+    assert clicked.detections
+    assert [sent.json()["input"]["task"] for sent in fake.seen("runsync")] == ["embed", "detect"]
+    assert [sent_image(sent) for sent in fake.seen("runsync")] == ["bytes", "ref"]
+
+
+def test_batches_and_async_jobs_always_carry_their_images(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, small_png: Path
+) -> None:
+    fake.handler = worker
+    engine = client(fake, clock)
+    engine.run(detect_request(small_png))
+    engine.wait(engine.run_async(detect_request(small_png)))
+    [queued] = fake.seen("run")
+    assert sent_image(queued) == "bytes", "a queued job cannot be resent on a miss"
+
+
+@pytest.mark.slow
+def test_repeated_offloaded_clicks_send_a_few_kb(
+    worker_api: str, local_engine: Engine, tmp_path: Path
+) -> None:
+    """Bytes on the wire per click, counted by a proxy between the client and the real worker."""
+    photo = noise_png(tmp_path / "photo.png", 320, 240)
+    prewarmed = noise_png(tmp_path / "prewarmed.png", 240, 320)
+    size = photo.stat().st_size
+    with counting_proxy(worker_api) as proxy:
+        settings = load_settings(
+            runpod_base_url=proxy.url, runpod_endpoint_od_annotation="", runpod_timeout_s=120
+        )
+        engine = RemoteEngine(settings)
+        clicks = [(0.5, 0.5), (0.2, 0.3), (0.5, 0.5)]
+        sent, responses = [], []
+        for point in clicks:
+            mark = proxy.mark()
+            responses.append(engine.run(SegmentRequest(model="sam2", image_path=str(photo), point=point)))
+            sent.append(proxy.sent_since(mark))
+        mark = proxy.mark()
+        engine.run(EmbedRequest(model="sam2", image_path=str(prewarmed)))
+        prewarm_sent = proxy.sent_since(mark)
+        mark = proxy.mark()
+        first_click_after_prewarm = engine.run(
+            SegmentRequest(model="sam2", image_path=str(prewarmed), point=(0.5, 0.5))
+        )
+        after_prewarm_sent = proxy.sent_since(mark)
+
+    assert size < sent[0] < size * 1.4, "the first click carries the image as base64"
+    assert all(repeat < 5_000 for repeat in sent[1:]), sent
+    assert prewarm_sent > prewarmed.stat().st_size and after_prewarm_sent < 5_000
+    assert without_timing(responses[2]) == without_timing(responses[0]), "same click, same answer by ref"
+    local = local_engine.run(SegmentRequest(model="sam2", image_path=str(photo), point=clicks[1]))
+    assert without_timing(responses[1]) == without_timing(local)
+    assert first_click_after_prewarm.masks
+
+
+def test_a_click_during_the_upload_of_its_image_waits_and_sends_the_ref(
+    fake: FakeRunPod, clock: FakeClock, worker: CachingWorker, small_png: Path
+) -> None:
+    uploading, finish = threading.Event(), threading.Event()
+
+    def slow_embed(job: dict[str, Any]) -> dict[str, Any]:
+        if job["input"]["task"] == "embed":
+            uploading.set()
+            finish.wait(10)
+        return worker(job)
+
+    fake.handler = slow_embed
+    engine = client(fake, clock)
+    prewarm = threading.Thread(target=engine.run, args=(EmbedRequest(image_path=str(small_png)),))
+    prewarm.start()
+    assert uploading.wait(10)
+    clicked: list[Any] = []
+    click = threading.Thread(target=lambda: clicked.append(engine.run(detect_request(small_png))))
+    click.start()
+    time.sleep(0.3)
+    assert len(fake.seen("runsync")) == 1, "the click waits for the upload in flight"
+    finish.set()
+    prewarm.join(10)
+    click.join(10)
+    assert clicked and clicked[0].detections
+    assert [sent_image(sent) for sent in fake.seen("runsync")] == ["bytes", "ref"]

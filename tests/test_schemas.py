@@ -3,8 +3,12 @@
 import pytest
 
 from ml_backend.schemas import (
+    IMAGE_REF_MISS,
     BatchRequest,
     DetectRequest,
+    EmbedRequest,
+    EmbedResponse,
+    ImageRefMiss,
     RequestError,
     SegmentRequest,
     parse_request,
@@ -217,3 +221,63 @@ def test_response_round_trips_through_json() -> None:
     response = parse_response(payload)
     assert response.model_dump(mode="json", exclude_none=True) == payload
     assert isinstance(parse_request({**GUIDE_EXAMPLES[0]}), DetectRequest)
+
+
+# ---- image_ref ----
+
+REF = {"hash": "0123456789abcdef0123456789abcdef", "bytes": 4_200_000}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"task": "segment", "model": "sam2", "image_ref": REF, "point": [0.5, 0.3]},
+        {"task": "detect", "model": "grounding_dino", "image_ref": REF, "text_prompt": "product"},
+        {"task": "embed", "model": "sam3", "image_ref": REF},
+    ],
+)
+def test_image_ref_is_an_image_source(payload: dict) -> None:
+    request = parse_request(payload)
+    assert request.image_ref is not None and request.image_ref.model_dump() == REF
+    assert request.model_dump(mode="json", exclude_none=True)["image_ref"] == REF
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (
+            {"image_ref": REF, "image_base64": "AA"},
+            "image: give exactly one of image_url, image_base64 or image_ref (got image_base64, image_ref)",
+        ),
+        ({"image_ref": {**REF, "hash": "ABC"}}, "image_ref.hash: String should match pattern"),
+        ({"image_ref": {"hash": REF["hash"]}}, "image_ref.bytes: Field required"),
+        ({"image_ref": {**REF, "bytes": 0}}, "image_ref.bytes: Input should be greater than 0"),
+        ({"image_ref": {**REF, "url": "https://x"}}, "image_ref.url: unknown field"),
+    ],
+)
+def test_image_ref_errors_name_the_field(image: dict, message: str) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_request({"task": "segment", "model": "sam2", "point": [0.5, 0.5], **image})
+    assert str(caught.value).startswith(message)
+
+
+def test_image_ref_miss_is_a_request_error_with_the_documented_prefix() -> None:
+    miss = ImageRefMiss()
+    assert isinstance(miss, RequestError)
+    assert IMAGE_REF_MISS == "image_ref: not cached on this worker"
+    assert str(miss).startswith(IMAGE_REF_MISS) and "image_base64" in str(miss)
+
+
+def test_embed_request_defaults_to_sam2_and_answers_an_embed_response() -> None:
+    request = parse_request({"task": "embed", "image_url": "https://x/a.jpg"})
+    assert isinstance(request, EmbedRequest) and request.model == "sam2"
+    response = parse_response(
+        {
+            "task": "embed",
+            "model": "sam2",
+            "model_id": "m",
+            "image": {"width": 4, "height": 3},
+            "timing_ms": {},
+        }
+    )
+    assert isinstance(response, EmbedResponse) and response.image.width == 4

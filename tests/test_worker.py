@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -14,7 +16,7 @@ import requests
 
 from ml_backend import worker
 from ml_backend.masks import decode_rle
-from ml_backend.schemas import parse_request
+from ml_backend.schemas import IMAGE_REF_MISS, parse_request
 from tests.support import make_image, serve_images
 from tests.test_schemas import GUIDE_EXAMPLES
 
@@ -206,3 +208,50 @@ def test_every_task_and_model_over_http(worker_api: str, image_server, payload: 
     assert body["status"] == "COMPLETED", body
     assert (body["output"]["task"], body["output"]["model"]) == (payload["task"], payload["model"])
     assert_output_geometry(body["output"])
+
+
+# ---- embed and image_ref ----
+
+
+def image_ref_of(data: bytes) -> dict:
+    return {"hash": hashlib.blake2b(data, digest_size=16).hexdigest(), "bytes": len(data)}
+
+
+def test_handler_embeds_then_serves_the_image_by_ref(tiny_hf_cache: Path) -> None:
+    data = make_image(64, 48, fmt="JPEG")
+    embedded = worker.handler(
+        {
+            "id": "e",
+            "input": {"task": "embed", "model": "sam2", "image_base64": base64.b64encode(data).decode()},
+        }
+    )
+    assert embedded["task"] == "embed" and embedded["image"] == {"width": 64, "height": 48}, embedded
+    click = {"task": "segment", "model": "sam2", "point": [0.5, 0.5], "image_ref": image_ref_of(data)}
+    output = worker.handler({"id": "c", "input": click})
+    assert "error" not in output, output
+    assert_output_geometry(output)
+
+
+def test_handler_answers_an_unknown_ref_with_the_documented_miss(tiny_hf_cache: Path) -> None:
+    click = {
+        "task": "segment",
+        "model": "sam2",
+        "point": [0.5, 0.5],
+        "image_ref": image_ref_of(b"never sent"),
+    }
+    result = worker.handler({"id": "c", "input": click})
+    assert set(result) == {"error"} and result["error"].startswith(IMAGE_REF_MISS)
+
+
+@pytest.mark.slow
+def test_http_image_ref_miss_then_hit(worker_api: str, image_server) -> None:
+    data = make_image(64, 48, mode="L", fmt="JPEG")  # an image no other test sends this worker
+    click = {"task": "segment", "model": "sam2", "point": [0.5, 0.5], "image_ref": image_ref_of(data)}
+    missed = requests.post(f"{worker_api}/runsync", json={"input": click}, timeout=120).json()
+    assert missed["status"] == "FAILED" and missed["error"].startswith(IMAGE_REF_MISS), missed
+    embed = {"task": "embed", "model": "sam2", "image_url": image_server.add("/gray.jpg", data)}
+    embedded = requests.post(f"{worker_api}/runsync", json={"input": embed}, timeout=120).json()
+    assert embedded["status"] == "COMPLETED" and embedded["output"]["task"] == "embed", embedded
+    served = requests.post(f"{worker_api}/runsync", json={"input": click}, timeout=120).json()
+    assert served["status"] == "COMPLETED", served
+    assert_output_geometry(served["output"])

@@ -96,12 +96,15 @@ def _annotate_chunk(
 
     spec = AnnotateSpec.model_validate(meta["spec"])
     interface = ProjectInterface.from_config(project.label_config(spec.project))
-    todo = []
+    wanted = []
     for task_id in store.chunk(job_id, index):
         if not spec.overwrite and project.predictions_of(task_id, meta["model_version"]):
             store.mark_done(job_id, task_id)
         else:
-            todo.append(project.task(task_id))
+            wanted.append(task_id)
+    todo = project.tasks(spec.project, wanted)
+    for missing in set(wanted) - {task["id"] for task in todo}:
+        store.mark_failed(job_id, missing, "task not found in the project (deleted?)")
     overrides = BatchOverrides(
         model=spec.model,
         prompt=spec.prompt,

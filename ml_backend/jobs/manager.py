@@ -10,9 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from ml_backend.config import Settings
-from ml_backend.jobs.chunks import RETRY_SUFFIX, chunk_failed, finish_if_complete, process_chunk, redis_client, run_chunk
+from ml_backend.jobs.chunks import (
+    chunk_failed,
+    finish_if_complete,
+    process_chunk,
+    redis_client,
+    run_chunk,
+)
 from ml_backend.jobs.project import LabelStudioProject
-from ml_backend.jobs.spec import AnnotateSpec, JobSource, JobsUnavailableError, JobStatus, TransientTaskError
+from ml_backend.jobs.spec import AnnotateSpec, JobSource, JobStatus, JobsUnavailableError, TransientTaskError
 from ml_backend.jobs.store import JobStore, MemoryJobStore, RedisJobStore
 
 log = logging.getLogger(__name__)
@@ -40,12 +46,14 @@ class JobManager:
             self._project = LabelStudioProject(self.settings)
         return self._project
 
-    def submit(self, spec: AnnotateSpec, source: JobSource = "api") -> str:
+    def submit(self, spec: AnnotateSpec, source: JobSource = "api", *, check_existing: bool = True) -> str:
+        """Start a job; `check_existing=False` skips listing the project's predictions first (each chunk
+        still skips a task that has one), for callers that must return quickly."""
         from ml_backend.labelstudio.predictor import model_version_for
 
         self._check_redis()
         model_version = model_version_for(self.settings, spec.model)
-        task_ids = self._select_tasks(spec, model_version)
+        task_ids = self._select_tasks(spec, model_version, check_existing)
         size = self.settings.job_chunk_size
         chunks = [task_ids[start : start + size] for start in range(0, len(task_ids), size)]
         job_id = uuid.uuid4().hex[:12]
@@ -120,9 +128,9 @@ class JobManager:
 
     # ---- internals ----
 
-    def _select_tasks(self, spec: AnnotateSpec, model_version: str) -> list[int]:
+    def _select_tasks(self, spec: AnnotateSpec, model_version: str, check_existing: bool = True) -> list[int]:
         task_ids = spec.task_ids if spec.task_ids is not None else self.project.task_ids(spec.project)
-        if spec.overwrite:
+        if spec.overwrite or not check_existing:
             return list(task_ids)
         annotated = self.project.tasks_with_version(spec.project, model_version)
         return [task_id for task_id in task_ids if task_id not in annotated]

@@ -144,7 +144,9 @@ class MemoryJobStore:
 
     def job_ids(self, limit: int) -> list[str]:
         with self._lock:
-            newest_first = sorted(self._jobs, key=lambda job_id: -self._jobs[job_id].meta.get("created_at", 0.0))
+            newest_first = sorted(
+                self._jobs, key=lambda job_id: -self._jobs[job_id].meta.get("created_at", 0.0)
+            )
         return newest_first[:limit]
 
     def update(self, job_id: str, **fields: Any) -> None:

@@ -26,14 +26,17 @@ from label_studio_sdk._extensions.label_studio_tools.core.label_config import pa
 from pydantic import BaseModel
 from werkzeug.exceptions import HTTPException
 
+from ml_backend.labelstudio.background import BackgroundAnnotator
 from ml_backend.logs import redact
 from ml_backend.schemas import RequestError
 
 log = logging.getLogger(__name__)
 
 FIT_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
+TASKS_CREATED = "TASKS_CREATED"
 STATE_KEY = "label_studio_ml"
 Prediction = dict[str, Any]
+TasksCreatedHook = Callable[[int, list[int]], None]
 
 
 class UserFacingError(ValueError):
@@ -85,6 +88,8 @@ class LabelStudioMLBase:
         self.hostname: str | None = None
         self.access_token: str | None = None
         self.extra_params: dict[str, Any] = {}
+        # Where work goes that should not hold up Label Studio (set by the app before setup()).
+        self.background: BackgroundAnnotator | None = None
         self._store: dict[str, Any] = {}
 
     def setup(self) -> None:
@@ -146,8 +151,11 @@ def project_key(project: object) -> str:
 class ProjectModels:
     """A thread-safe cache of one model instance per project, rebuilt when what setup() saw changes."""
 
-    def __init__(self, model_class: type[LabelStudioMLBase]) -> None:
+    def __init__(
+        self, model_class: type[LabelStudioMLBase], background: BackgroundAnnotator | None = None
+    ) -> None:
         self._model_class = model_class
+        self._background = background
         self._instances: dict[str, LabelStudioMLBase] = {}
         self._lock = threading.Lock()
 
@@ -189,6 +197,7 @@ class ProjectModels:
             info.access_token,
             info.extra_params,
         )
+        model.background = self._background
         if previous is not None:
             model._store = previous._store
         model.setup()
@@ -325,6 +334,19 @@ class PredictCall:
         return cls(tasks, body.get("project"), body.get("label_config"), context, other_params)
 
 
+def created_tasks(body: dict[str, Any]) -> tuple[int, list[int]]:
+    """The project id and task ids of a TASKS_CREATED webhook (`{action, tasks: [...], project: {...}}`)."""
+    key = project_key(body.get("project"))
+    if not key.isdigit():
+        raise UserFacingError("project: required, the Label Studio project of the created tasks", 400)
+    tasks = body.get("tasks")
+    listed = tasks if isinstance(tasks, list) else [None]
+    ids = [task.get("id") if isinstance(task, dict) else None for task in listed]
+    if not all(type(task_id) is int for task_id in ids):
+        raise UserFacingError("tasks: required, a list of Label Studio tasks with integer ids", 400)
+    return int(key), ids
+
+
 def read_json_object() -> dict[str, Any]:
     raw = request.get_data(cache=False)
     if not raw.strip():
@@ -374,6 +396,7 @@ class BackendState:
     models: ProjectModels
     metrics: Metrics
     fits: FitQueue
+    on_tasks_created: TasksCreatedHook | None = None
 
 
 def create_app(
@@ -382,16 +405,23 @@ def create_app(
     basic_auth_user: str | None = None,
     basic_auth_pass: str | None = None,
     health_details: Callable[[], dict[str, Any]] | None = None,
+    metrics_details: Callable[[], dict[str, Any]] | None = None,
+    background: BackgroundAnnotator | None = None,
+    on_tasks_created: TasksCreatedHook | None = None,
 ) -> Flask:
-    """A Flask app serving `model_class` to Label Studio; with basic auth set, every endpoint needs it."""
+    """A Flask app serving `model_class` to Label Studio; with basic auth set, every endpoint needs it.
+    `health_details` and `metrics_details` add the model's own fields to /health and /metrics.
+    `background` is handed to every model instance; `on_tasks_created(project_id, task_ids)` hears
+    TASKS_CREATED webhooks (imports, storage syncs) and must return at once."""
     if bool(basic_auth_user) != bool(basic_auth_pass):
         raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
     app = Flask(model_class.__name__, static_folder=None)
-    state = BackendState(model_class, ProjectModels(model_class), Metrics(), FitQueue())
+    models = ProjectModels(model_class, background)
+    state = BackendState(model_class, models, Metrics(), FitQueue(), on_tasks_created)
     app.extensions[STATE_KEY] = state
     _install_hooks(app, state, basic_auth_user, basic_auth_pass)
     _install_error_handlers(app)
-    _install_routes(app, state, health_details)
+    _install_routes(app, state, health_details, metrics_details)
     return app
 
 
@@ -445,7 +475,10 @@ def _install_error_handlers(app: Flask) -> None:
 
 
 def _install_routes(
-    app: Flask, state: BackendState, health_details: Callable[[], dict[str, Any]] | None
+    app: Flask,
+    state: BackendState,
+    health_details: Callable[[], dict[str, Any]] | None,
+    metrics_details: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -487,6 +520,9 @@ def _install_routes(
         action = body.get("action")
         if not isinstance(action, str) or not action:
             raise UserFacingError("action: required, the Label Studio webhook event name", 400)
+        if action == TASKS_CREATED and state.on_tasks_created is not None:
+            state.on_tasks_created(*created_tasks(body))
+            return {"status": "ok", "action": action, "fit_queued": False, "annotate_queued": True}
         if action not in FIT_EVENTS:
             return {"status": "ok", "action": action, "fit_queued": False}
         project = body.get("project")
@@ -501,4 +537,5 @@ def _install_routes(
 
     @app.get("/metrics")
     def metrics() -> dict[str, Any]:
-        return {**state.metrics.snapshot(), "projects": len(state.models)}
+        details = metrics_details() if metrics_details else {}
+        return {**state.metrics.snapshot(), "projects": len(state.models), **details}

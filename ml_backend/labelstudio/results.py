@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ml_backend.engine import mask_array
 from ml_backend.labelstudio.brush import mask_to_rle
 from ml_backend.labelstudio.interface import RECTANGLE, ControlTag, ProjectInterface
-from ml_backend.masks import decode_rle, mask_box, mask_polygons, polygons_to_mask
+from ml_backend.masks import PolygonOptions, decode_rle, mask_box, mask_polygons, polygons_to_mask
 from ml_backend.models.base import BoxXYXY
 from ml_backend.schemas import RLE, DetectionOut, MaskOut
 
@@ -52,11 +53,12 @@ def regions_for_mask(
     width: int,
     height: int,
     polygons: Sequence[Sequence[float]] | None = None,
+    outline: PolygonOptions | None = None,
 ) -> list[dict]:
     """A mask as brush and/or polygon regions, whichever controls offer the label; with neither, its
     bounding box as a rectangle. An empty mask gives no region."""
     if interface.mask_targets(label):
-        return mask_regions(mask, label, score, interface, width, height, polygons)
+        return mask_regions(mask, label, score, interface, width, height, polygons, outline)
     rectangle = interface.control_for(RECTANGLE, label)
     array = _mask_array(mask, width, height, polygons)
     if rectangle is None or (array is not None and not array.any()):
@@ -73,15 +75,18 @@ def mask_regions(
     width: int,
     height: int,
     polygons: Sequence[Sequence[float]] | None = None,
+    outline: PolygonOptions | None = None,
 ) -> list[dict]:
-    """Brush and polygon regions of one mask (none when the mask is empty or no control offers the label)."""
+    """Brush and polygon regions of one mask (none when the mask is empty or no control offers the label).
+
+    A mask in several pieces gives one polygon per piece, each with the label."""
     array = _mask_array(mask, width, height, polygons)
     regions = []
     for control in interface.mask_targets(label):
         if control.result_type == "brushlabels" and array is not None and array.any():
             regions.append(brush_result(control, label, array, score, width, height))
         elif control.result_type == "polygonlabels":
-            outlines = polygons if polygons is not None else _polygons_of(array)
+            outlines = polygons if polygons is not None else _polygons_of(array, outline)
             regions.extend(
                 polygon_result(control, label, outline, score, width, height)
                 for outline in outlines
@@ -91,14 +96,19 @@ def mask_regions(
 
 
 def segment_results(
-    masks: Sequence[MaskOut], label: str, interface: ProjectInterface, width: int, height: int
+    masks: Sequence[MaskOut],
+    label: str,
+    interface: ProjectInterface,
+    width: int,
+    height: int,
+    outline: PolygonOptions | None = None,
 ) -> list[dict]:
     """Every mask of a segment response under one label (the label chosen in the UI)."""
     return [
         region
         for out in masks
         for region in regions_for_mask(
-            out.mask, out.box, label, out.score, interface, width, height, out.polygons
+            _mask_of(out), out.box, label, out.score, interface, width, height, out.polygons, outline
         )
     ]
 
@@ -109,6 +119,7 @@ def detections_to_results(
     width: int,
     height: int,
     label_of: Callable[[str], str | None],
+    outline: PolygonOptions | None = None,
 ) -> list[dict]:
     """A rectangle per detection whose phrase maps to a label, plus its mask in the brush/polygon
     controls. Detections that map to no label are dropped rather than mislabelled."""
@@ -120,10 +131,18 @@ def detections_to_results(
         rectangle = interface.control_for(RECTANGLE, label)
         if rectangle is not None:
             results.append(rectangle_result(rectangle, label, detection.box, detection.score, width, height))
-        if detection.mask is not None or detection.polygons:
+        mask = _mask_of(detection)
+        if mask is not None or detection.polygons:
             results.extend(
                 mask_regions(
-                    detection.mask, label, detection.score, interface, width, height, detection.polygons
+                    mask,
+                    label,
+                    detection.score,
+                    interface,
+                    width,
+                    height,
+                    detection.polygons,
+                    outline,
                 )
             )
     return results
@@ -153,12 +172,18 @@ def _percent(unit: float) -> float:
     return min(100.0, max(0.0, float(unit) * 100.0))
 
 
+def _mask_of(out: MaskOut | DetectionOut) -> MaskInput:
+    """The boolean mask the local engine handed over, else the RLE that came over the wire."""
+    array = mask_array(out)
+    return array if array is not None else out.mask
+
+
 def _mask_array(
     mask: MaskInput, width: int, height: int, polygons: Sequence[Sequence[float]] | None
 ) -> np.ndarray | None:
     """The boolean mask, decoded from RLE or, when only polygons came back, rasterised from them."""
     if isinstance(mask, np.ndarray):
-        return mask.astype(bool)
+        return np.asarray(mask, dtype=bool)  # no copy of an already boolean mask
     if mask is not None:
         return decode_rle(mask)
     if polygons:
@@ -170,8 +195,8 @@ def _to_pixels(polygon: Sequence[float], width: int, height: int) -> list[float]
     return [value * (width if index % 2 == 0 else height) for index, value in enumerate(polygon)]
 
 
-def _polygons_of(mask: np.ndarray | None) -> list[list[float]]:
-    return mask_polygons(mask) if mask is not None and mask.any() else []
+def _polygons_of(mask: np.ndarray | None, outline: PolygonOptions | None) -> list[list[float]]:
+    return mask_polygons(mask, outline) if mask is not None and mask.any() else []
 
 
 def _check_mask_size(mask: np.ndarray, width: int, height: int) -> None:

@@ -7,6 +7,7 @@ as boolean arrays of the original image size, so the engine never sees a process
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -15,10 +16,14 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from ml_backend.gpu import cuda_problem, gather_facts
+
 if TYPE_CHECKING:
     import torch
 
     from ml_backend.images import RGBImage
+
+log = logging.getLogger(__name__)
 
 BoxXYXY = tuple[float, float, float, float]
 
@@ -109,13 +114,19 @@ class Runtime:
 
 
 def resolve_device(setting: str) -> torch.device:
+    """DEVICE → torch device; a GPU torch cannot use fails DEVICE=cuda and is logged as an error for auto."""
     import torch
 
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DEVICE=cuda but no CUDA device is available")
-    return torch.device(setting)
+    if setting == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    problem = cuda_problem(setting, gather_facts())
+    if problem:
+        log.error(problem)
+    if setting == "cuda":
+        raise RuntimeError(problem)
+    return torch.device("cpu")
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:

@@ -25,6 +25,8 @@ from ml_backend.models.base import (
 )
 
 PROMPT_TENSORS = ("input_points", "input_labels", "input_boxes")
+MASK_THRESHOLD = 0.0  # on logits, as `post_process_masks` does
+MASK_CHUNK = 8  # masks upsampled to full size at a time
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,82 @@ def to_pixel_prompt(prompt: SegmentPrompt, width: int, height: int) -> PixelProm
     return PixelPrompt(points=points, labels=labels if points else None, box=box)
 
 
-def rank_masks(masks: np.ndarray, scores: np.ndarray, keep: int) -> list[SegmentMask]:
-    """The `keep` best of one object's candidate masks (n, H, W), highest predicted IoU first."""
-    order = np.argsort(-scores, kind="stable")[:keep]
-    return [SegmentMask(score=float(scores[index]), mask=masks[index]) for index in order]
+def best_candidates(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Indices of the `keep` best of one object's candidate masks, highest predicted IoU first."""
+    return np.argsort(-scores, kind="stable")[:keep]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The image transform the model was trained with: float [0, 1], bilinear resize, normalise."""
+
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, processor: Any) -> Preprocessing:
+        """Input size and normalisation from the loaded processor's config (so any checkpoint fits)."""
+        image_processor = processor.image_processor
+        size = image_processor.size
+        height, width = (
+            (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
+        )
+        return cls(
+            int(height), int(width), tuple(image_processor.image_mean), tuple(image_processor.image_std)
+        )
+
+
+def pixel_values(image: RGBImage, preprocessing: Preprocessing, device: torch.device) -> torch.Tensor:
+    """(1, 3, height, width) float32 model input, computed as Meta's `SAM2Transforms` does.
+
+    `ToTensor` (÷ 255) first, then `Resize` on the float tensor (bilinear, antialiased: torchvision's
+    default), then `Normalize`. transformers' image processor resizes the 8-bit image and rescales
+    after, which moves pixels by up to one grey level and the masks with them. The 8-bit image
+    travels to the device, the rest runs there.
+    """
+    pixels = torch.from_numpy(np.array(image.pil, dtype=np.uint8)).to(device)
+    scaled = pixels.permute(2, 0, 1).unsqueeze(0).float().div(255)
+    resized = torch.nn.functional.interpolate(
+        scaled,
+        size=(preprocessing.height, preprocessing.width),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
+    mean = torch.tensor(preprocessing.mean, dtype=resized.dtype, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std, dtype=resized.dtype, device=device).view(1, -1, 1, 1)
+    return resized.sub_(mean).div_(std)
+
+
+def freeze_positional_embeddings(model: Any) -> None:
+    """Compute the image-wide positional encoding once instead of in every decoder call.
+
+    transformers' forward rebuilds it from the weights on each click (a 64x64 grid through random
+    Fourier features: about a fifth of a cached click on a CPU); it depends on nothing but the
+    weights, so the model keeps the result. Call after the model reached its device.
+    """
+    compute = getattr(model, "get_image_wide_positional_embeddings", None)
+    if compute is None:
+        return
+    with torch.no_grad():
+        constant = compute()
+    model.get_image_wide_positional_embeddings = lambda: constant
+
+
+def upsample_masks(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Low-resolution mask logits (n, h, w) → boolean masks (n, H, W) of the original image size.
+
+    The arithmetic of the processor's `post_process_masks` (float32 bilinear straight to the original
+    size, logit > 0), a few masks at a time, on the logits' device; only the booleans come back.
+    """
+    masks = np.empty((logits.shape[0], *size), dtype=bool)
+    for start in range(0, logits.shape[0], MASK_CHUNK):
+        chunk = logits[start : start + MASK_CHUNK].float().unsqueeze(0)
+        resized = torch.nn.functional.interpolate(chunk, size=size, mode="bilinear", align_corners=False)
+        masks[start : start + MASK_CHUNK] = (resized[0] > MASK_THRESHOLD).cpu().numpy()
+    return masks
 
 
 class PromptableSegmenter:
@@ -74,6 +148,8 @@ class PromptableSegmenter:
         self.processor = processor
         self.runtime = runtime
         self.model_id = model_id
+        self.preprocessing = Preprocessing.of(processor)
+        freeze_positional_embeddings(model)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(runtime.embedding_cache_size)
 
     def embed(self, image: RGBImage) -> ImageEmbedding:
@@ -99,29 +175,32 @@ class PromptableSegmenter:
 
         A single click is ambiguous (part or whole?), so SAM proposes three masks and the best-scored
         wins; several points or a box pin the object down, and SAM's single-mask output is meant for that.
+        The candidates are chosen on the predicted IoU first; only those returned are upsampled.
         """
         ambiguous = len(prompt.points) <= 1 and prompt.box is None
-        masks, scores = self._predict(
+        logits, scores, size = self._predict(
             image, self.prompt_inputs(image, prompt), multimask_output=multimask or ambiguous
         )
-        return rank_masks(masks[0], scores[0], keep=3 if multimask else 1)
+        chosen = best_candidates(scores[0], keep=3 if multimask else 1)
+        masks = upsample_masks(logits[0, chosen.tolist()], size)
+        return [
+            SegmentMask(score=float(scores[0, index]), mask=mask)
+            for index, mask in zip(chosen, masks, strict=True)
+        ]
 
     def segment_boxes(self, image: RGBImage, boxes: Sequence[BoxXYXY]) -> list[SegmentMask]:
         """One mask per box, in the order given, from a single model call (grounded SAM)."""
         if not boxes:
             return []
-        masks, scores = self._predict(image, self.box_inputs(image, boxes), multimask_output=False)
-        return [
-            SegmentMask(score=float(scores[index, 0]), mask=masks[index, 0]) for index in range(len(boxes))
-        ]
+        logits, scores, size = self._predict(image, self.box_inputs(image, boxes), multimask_output=False)
+        masks = upsample_masks(logits[:, 0], size)
+        return [SegmentMask(score=float(scores[index, 0]), mask=masks[index]) for index in range(len(boxes))]
 
     def _compute_embedding(self, image: RGBImage) -> ImageEmbedding:
-        inputs = self.processor(images=image.pil, return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.runtime.device, self.runtime.dtype)
+        inputs = pixel_values(image, self.preprocessing, self.runtime.device).to(self.runtime.dtype)
         with torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(pixel_values)
-        height, width = (int(size) for size in inputs["original_sizes"][0])
-        return ImageEmbedding(embeddings=embeddings, original_size=(height, width))
+            embeddings = self.model.get_image_embeddings(inputs)
+        return ImageEmbedding(embeddings=embeddings, original_size=(image.height, image.width))
 
     def _processor_prompts(self, image: RGBImage, **prompts: Any) -> dict[str, torch.Tensor]:
         encoded = self.processor(
@@ -131,18 +210,16 @@ class PromptableSegmenter:
 
     def _predict(
         self, image: RGBImage, prompts: dict[str, torch.Tensor], *, multimask_output: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Masks (objects, candidates, H, W) bool and their predicted IoU (objects, candidates)."""
+    ) -> tuple[torch.Tensor, np.ndarray, tuple[int, int]]:
+        """Low-resolution mask logits (objects, candidates, h, w) on the model's device, their predicted
+        IoU (objects, candidates) and the original (height, width) to upsample to."""
         embedding = self.embed(image)
         on_device = {name: tensor.to(self.runtime.device) for name, tensor in prompts.items()}
         with torch.inference_mode():
             outputs = self.model(
                 image_embeddings=embedding.embeddings, multimask_output=multimask_output, **on_device
             )
-            # Post-processing interpolates, which bf16 does poorly.
-            logits = outputs.pred_masks.float()
-            (masks,) = self.processor.post_process_masks(logits, [embedding.original_size])
-        return masks.cpu().numpy(), outputs.iou_scores[0].float().cpu().numpy()
+        return outputs.pred_masks[0], outputs.iou_scores[0].float().cpu().numpy(), embedding.original_size
 
 
 def load_pretrained(

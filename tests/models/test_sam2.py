@@ -15,7 +15,13 @@ from PIL import Image
 from ml_backend.images import RGBImage
 from ml_backend.models import sam2
 from ml_backend.models.base import Runtime, SegmentMask, SegmentPrompt
-from ml_backend.models.sam2 import PromptableSegmenter, rank_masks, to_pixel_prompt
+from ml_backend.models.sam2 import (
+    Preprocessing,
+    PromptableSegmenter,
+    best_candidates,
+    pixel_values,
+    to_pixel_prompt,
+)
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
 
@@ -109,12 +115,10 @@ def test_unlabelled_points_are_positive_and_bad_prompts_are_refused() -> None:
         to_pixel_prompt(SegmentPrompt(points=[(0.1, 0.2), (0.3, 0.4)], labels=[1]), 10, 10)
 
 
-def test_rank_masks_orders_by_predicted_iou() -> None:
-    masks = np.stack([np.full((2, 3), index % 2 == 0) for index in range(3)])
-    ranked = rank_masks(masks, np.array([0.2, 0.9, 0.5]), keep=3)
-    assert [result.score for result in ranked] == pytest.approx([0.9, 0.5, 0.2])
-    assert [bool(result.mask[0, 0]) for result in ranked] == [False, True, True]
-    assert len(rank_masks(masks, np.array([0.2, 0.9, 0.5]), keep=1)) == 1
+def test_best_candidates_orders_by_predicted_iou() -> None:
+    assert best_candidates(np.array([0.2, 0.9, 0.5]), keep=3).tolist() == [1, 2, 0]
+    assert best_candidates(np.array([0.2, 0.9, 0.5]), keep=1).tolist() == [1]
+    assert best_candidates(np.array([0.5, 0.5, 0.1]), keep=3).tolist() == [0, 1, 2]  # ties keep model order
 
 
 def test_segment_boxes_gives_one_mask_per_box_in_order(
@@ -206,3 +210,118 @@ def test_only_an_ambiguous_single_click_asks_for_three_candidates(
     monkeypatch.setattr(segmenter, "_predict", recording)
     assert len(segmenter.segment(image, prompt, multimask=False)) == 1
     assert requested == [expected]
+
+
+# ---- parity with Meta's SAM 2.1 predictor (preprocessing) and with the processor (post-processing) ----
+
+OFFICIAL_SAM2_MEAN = (0.485, 0.456, 0.406)
+OFFICIAL_SAM2_STD = (0.229, 0.224, 0.225)
+
+
+def official_transform(image: RGBImage, resolution: int, mean, std) -> torch.Tensor:
+    """`SAM2Transforms` as Meta's sam2 package writes it: ToTensor, Resize((r, r)), Normalize."""
+    from torchvision.transforms import Normalize, Resize, ToTensor
+
+    tensor = ToTensor()(image.pil)
+    return Normalize(mean, std)(Resize((resolution, resolution))(tensor)).unsqueeze(0)
+
+
+def reference_predict(
+    segmenter: PromptableSegmenter,
+    pixels: torch.Tensor,
+    image: RGBImage,
+    prompts: dict[str, torch.Tensor],
+    multimask_output: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' documented call sequence, fed `pixels`: masks (objects, candidates, H, W) and IoU."""
+    with torch.inference_mode():
+        embeddings = segmenter.model.get_image_embeddings(pixels)
+        outputs = segmenter.model(image_embeddings=embeddings, multimask_output=multimask_output, **prompts)
+        (masks,) = segmenter.processor.post_process_masks(
+            outputs.pred_masks.float(), [(image.height, image.width)]
+        )
+    return masks.numpy(), outputs.iou_scores[0].numpy()
+
+
+@pytest.mark.parametrize(("width", "height"), [(640, 480), (1500, 1100), (300, 700)])
+def test_pixel_values_equal_the_official_transform(
+    segmenter: PromptableSegmenter, width: int, height: int
+) -> None:
+    image = random_image(width, height, seed=width)
+    preprocessing = Preprocessing.of(segmenter.processor)
+    assert (preprocessing.height, preprocessing.width) == (1024, 1024)
+    ours = pixel_values(image, preprocessing, torch.device("cpu"))
+    official = official_transform(image, 1024, OFFICIAL_SAM2_MEAN, OFFICIAL_SAM2_STD)
+    assert ours.shape == official.shape == (1, 3, 1024, 1024)
+    torch.testing.assert_close(ours, official, rtol=0, atol=1e-6)
+    # transformers' processor (8-bit resize) is what this replaces: it differs visibly.
+    processor_pixels = segmenter.processor(images=image.pil, return_tensors="pt")["pixel_values"]
+    assert (processor_pixels - official).abs().max() > 1e-3
+
+
+def test_preprocessing_follows_the_processor_config(segmenter: PromptableSegmenter) -> None:
+    from transformers import Sam2ImageProcessor, Sam2Processor
+
+    processor = Sam2Processor(
+        image_processor=Sam2ImageProcessor(
+            size={"height": 512, "width": 512}, image_mean=[0.5] * 3, image_std=[0.25] * 3
+        )
+    )
+    preprocessing = Preprocessing.of(processor)
+    assert preprocessing == Preprocessing(512, 512, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    image = random_image(200, 100, seed=3)
+    expected = official_transform(image, 512, (0.5,) * 3, (0.25,) * 3)
+    torch.testing.assert_close(
+        pixel_values(image, preprocessing, torch.device("cpu")), expected, rtol=0, atol=1e-6
+    )
+
+
+PARITY_PROMPTS = [
+    SegmentPrompt(points=[(0.5, 0.5)], labels=[1]),
+    SegmentPrompt(points=[(0.3, 0.3), (0.6, 0.7)], labels=[1, 0]),
+    SegmentPrompt(box=(0.2, 0.1, 0.8, 0.9)),
+    SegmentPrompt(points=[(0.4, 0.4)], labels=[1], box=(0.1, 0.1, 0.7, 0.7)),
+]
+
+
+@pytest.mark.parametrize("prompt", PARITY_PROMPTS)
+@pytest.mark.parametrize("multimask", [False, True])
+def test_masks_and_scores_equal_the_reference_pipeline(
+    segmenter: PromptableSegmenter, prompt: SegmentPrompt, multimask: bool
+) -> None:
+    """Fed the official pixels, the processor's own post-processing (every candidate upsampled, then
+    one kept) gives exactly the masks and scores of the adapter (only the chosen ones upsampled)."""
+    image = random_image(333, 250, seed=7)
+    ambiguous = len(prompt.points) <= 1 and prompt.box is None
+    pixels = official_transform(image, 1024, OFFICIAL_SAM2_MEAN, OFFICIAL_SAM2_STD)
+    masks, scores = reference_predict(
+        segmenter, pixels, image, segmenter.prompt_inputs(image, prompt), multimask or ambiguous
+    )
+    order = np.argsort(-scores[0], kind="stable")[: 3 if multimask else 1]
+    results = segmenter.segment(image, prompt, multimask=multimask)
+    assert [result.score for result in results] == pytest.approx(scores[0, order].tolist(), abs=1e-6)
+    for result, index in zip(results, order, strict=True):
+        assert result.mask.dtype == np.bool_
+        np.testing.assert_array_equal(result.mask, masks[0, index])
+
+
+def test_box_masks_equal_the_reference_pipeline(segmenter: PromptableSegmenter) -> None:
+    image = random_image(410, 300, seed=8)
+    boxes = [(0.0, 0.0, 0.4, 0.4), (0.3, 0.2, 0.9, 0.7), (0.1, 0.5, 0.6, 1.0)] * 4  # more than one chunk
+    pixels = official_transform(image, 1024, OFFICIAL_SAM2_MEAN, OFFICIAL_SAM2_STD)
+    masks, scores = reference_predict(segmenter, pixels, image, segmenter.box_inputs(image, boxes), False)
+    results = segmenter.segment_boxes(image, boxes)
+    assert [result.score for result in results] == pytest.approx(scores[:, 0].tolist(), abs=1e-6)
+    for index, result in enumerate(results):
+        np.testing.assert_array_equal(result.mask, masks[index, 0])
+
+
+def test_positional_embeddings_are_computed_once_and_equal_transformers(
+    segmenter: PromptableSegmenter,
+) -> None:
+    model = segmenter.model
+    frozen = model.get_image_wide_positional_embeddings()
+    assert model.get_image_wide_positional_embeddings() is frozen  # no recomputation per click
+    with torch.no_grad():
+        fresh = type(model).get_image_wide_positional_embeddings(model)
+    torch.testing.assert_close(frozen, fresh, rtol=0, atol=0)

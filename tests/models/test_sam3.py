@@ -15,7 +15,7 @@ from PIL import Image
 from ml_backend.images import RGBImage
 from ml_backend.models import sam3
 from ml_backend.models.base import Runtime, SegmentPrompt
-from ml_backend.models.sam2 import PromptableSegmenter
+from ml_backend.models.sam2 import Preprocessing, PromptableSegmenter, pixel_values
 from ml_backend.models.sam3 import Instance, Sam3TextSegmenter, to_detections
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
@@ -78,6 +78,35 @@ def test_tracker_segments_a_point_and_a_box(tracker: PromptableSegmenter, image:
     # The tracker's processor works in its own 1008² input space.
     inputs = tracker.prompt_inputs(image, SegmentPrompt(points=[(0.25, 0.75)], labels=[1]))
     torch.testing.assert_close(inputs["input_points"][0, 0, 0], torch.tensor([0.25 * 1008, 0.75 * 1008]))
+
+
+def test_tracker_preprocesses_as_the_official_sam3_predictor(tracker: PromptableSegmenter) -> None:
+    """Meta's SAM 3 interactive predictor uses SAM 2's transform at 1008² with mean = std = 0.5: float
+    [0, 1] first, then bilinear antialiased resize, then normalise (sam3/model/utils/sam1_utils.py)."""
+    from torchvision.transforms import Normalize, Resize, ToTensor
+
+    image = random_image(500, 375, seed=9)
+    official = Normalize((0.5,) * 3, (0.5,) * 3)(Resize((1008, 1008))(ToTensor()(image.pil))).unsqueeze(0)
+    assert tracker.preprocessing == Preprocessing(1008, 1008, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    torch.testing.assert_close(
+        pixel_values(image, tracker.preprocessing, torch.device("cpu")), official, rtol=0, atol=1e-6
+    )
+    # Fed those pixels, transformers' call sequence and post-processing give the tracker's masks.
+    prompt = SegmentPrompt(points=[(0.4, 0.6)], labels=[1])
+    with torch.inference_mode():
+        embeddings = tracker.model.get_image_embeddings(official)
+        outputs = tracker.model(
+            image_embeddings=embeddings, multimask_output=True, **tracker.prompt_inputs(image, prompt)
+        )
+        (masks,) = tracker.processor.post_process_masks(
+            outputs.pred_masks.float(), [(image.height, image.width)]
+        )
+    scores = outputs.iou_scores[0, 0].numpy()
+    order = np.argsort(-scores, kind="stable")
+    results = tracker.segment(image, prompt, multimask=True)
+    assert [result.score for result in results] == pytest.approx(scores[order].tolist(), abs=1e-6)
+    for result, index in zip(results, order, strict=True):
+        np.testing.assert_array_equal(result.mask, masks[0, index].numpy())
 
 
 def test_text_detection_labels_boxes_and_masks(
