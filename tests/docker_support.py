@@ -276,4 +276,4 @@ def run_container(
     try:
         yield Container(docker, name)
     finally:
-        docker("rm", "-f", name, check=False)
+        docker("rm", "--force", "--volumes", name, check=False)

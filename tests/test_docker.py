@@ -56,7 +56,7 @@ def images(docker: Docker) -> dict[str, str]:
         docker_support.build_image(docker, ROOT, target, tag, {"BASE_IMAGE": base})
     if docker.host is not None:  # our own daemon: drop what earlier builds left behind
         docker("image", "prune", "--force")
-        docker("builder", "prune", "--force", "--filter", "until=168h")
+        docker("builder", "prune", "--force", "--keep-storage", "10GB")  # least recently used go first
     return TAGS
 
 
@@ -125,20 +125,24 @@ def test_compose_file_validates(tmp_path: Path) -> None:
     assert services["ml-backend"]["build"]["target"] == "backend"
 
 
+def mask_counts_of_guide_output(example: dict, output: dict) -> list[str]:
+    """Checks one guide request's output; returns the RLE counts it carries."""
+    assert output["task"] == example["task"]
+    if example["task"] == "batch":
+        assert [item["id"] for item in output["results"]] == ["img1", "img2"]
+        return []
+    if example["task"] == "segment":
+        assert decode_rle(output["masks"][0]["mask"]).shape == (48, 64)
+        return [mask["mask"]["counts"] for mask in output["masks"]]
+    assert output["image"] == {"width": 64, "height": 48}
+    return []
+
+
 def test_worker_container_answers_the_guide_requests(
     docker: Docker, images: dict[str, str], tiny_models_volume: dict[Path, str], image_server
 ) -> None:
     port = free_port()
-    command = [
-        "python",
-        "-u",
-        "-m",
-        "ml_backend.worker",
-        "--rp_api_host",
-        "127.0.0.1",
-        "--rp_api_port",
-        str(port),
-    ]
+    command = ["python", "-u", "-m", "ml_backend.worker", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]  # fmt: skip
     env = runtime_env(LOG_LEVEL="DEBUG")  # the SDK's DEBUG lines are the ones that used to print outputs
     with run_container(
         docker, images["worker"], "od-annotation-test-worker", command, env, tiny_models_volume
@@ -150,17 +154,10 @@ def test_worker_container_answers_the_guide_requests(
             payload = {"input": with_local_images(example, image_server.url("/test.jpg"))}
             body = requests.post(f"{url}/runsync", json=payload, timeout=180).json()
             assert body["status"] == "COMPLETED", (body, container.logs()[-3000:])
-            output = body["output"]
-            assert output["task"] == example["task"]
-            if example["task"] == "batch":
-                assert [item["id"] for item in output["results"]] == ["img1", "img2"]
-            elif example["task"] == "segment":
-                assert decode_rle(output["masks"][0]["mask"]).shape == (48, 64)
-                counts += [mask["mask"]["counts"] for mask in output["masks"]]
-            else:
-                assert output["image"] == {"width": 64, "height": 48}
+            counts += mask_counts_of_guide_output(example, body["output"])
         log, python_log = container.logs(), container.python_log()
-    assert python_log.splitlines()[0].endswith("OD annotation worker on device cpu, dtype float32"), log[:2000]
+    first_line = python_log.splitlines()[0]
+    assert first_line.endswith("OD annotation worker on device cpu, dtype float32"), python_log[:2000]
     assert "run_job return:" in log  # the SDK logged at DEBUG, so the check below means something
     assert not UNREDACTED_COUNTS.search(log)
     assert all(value not in log for value in counts if len(value) >= 8)
