@@ -327,8 +327,8 @@ def main() -> None:
         f"outputs={args.outputs}, through Label Studio; each first click vs the same click cached"
     )
     ready = ", ".join(f"{seconds:.2f}" for seconds in ready_s)
-    print(f"  embedding ready after opening task 1, 2, ...: {ready} s (from task 2 on, the click on the")
-    print("    task before had already prewarmed it as a next task)")
+    print(f"  opening task 1, 2, ... until its embedding is ready: {ready} s (includes Label Studio's")
+    print("    synchronous /predict; from task 2 on, the click before had prewarmed it as a next task)")
     rows = [
         ("first click after opening (prewarmed)", first_open, cached_open),
         ("first click, next pre-labelled task", first_next, cached_next),
