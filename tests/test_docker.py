@@ -23,7 +23,7 @@ from ml_backend.masks import decode_rle
 from tests import docker_support
 from tests.docker_support import Docker, DockerUnavailable, run_container
 from tests.labelstudio.configs import SAM_CONFIG
-from tests.support import free_port, make_image, serve_images, wait_for_http
+from tests.support import free_port, make_image, running_redis, serve_images, wait_for_http
 from tests.test_logs import UNREDACTED_COUNTS
 from tests.test_schemas import GUIDE_EXAMPLES
 from tests.test_worker import with_local_images
@@ -212,33 +212,8 @@ def test_backend_container_health_and_predict(
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    command = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--dir",
-        str(tmp_path),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_redis(tmp_path) as url:
+        yield url
 
 
 def compose_rq_worker_command(redis_url: str) -> list[str]:

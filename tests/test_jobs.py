@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,14 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from ml_backend.config import Settings, load_settings
 from ml_backend.jobs import AnnotateSpec, JobManager, JobStatus, JobsUnavailableError
 from ml_backend.jobs.routes import create_jobs_blueprint
 from tests.conftest import ROOT, LabelStudio
 from tests.labelstudio.configs import RECT_ONLY_CONFIG
-from tests.support import free_port, make_image
+from tests.support import free_port, make_image, running_redis
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 VERSION = "od-annotation/grounding_dino:IDEA-Research/grounding-dino-base"
@@ -27,39 +25,8 @@ VERSION = "od-annotation/grounding_dino:IDEA-Research/grounding-dino-base"
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: `make test` installs the Debian package")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    command = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 def job_env(label_studio: LabelStudio, redis_url: str, cache: Path) -> dict[str, str]:

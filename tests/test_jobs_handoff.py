@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from ml_backend.config import Settings, load_settings
 from ml_backend.jobs import JobManager, JobStatus, JobsUnavailableError
@@ -17,7 +14,7 @@ from ml_backend.jobs.handoff import JobHandoff, handoff_for
 from ml_backend.labelstudio.predictor import model_version_for
 from tests.conftest import LabelStudio
 from tests.labelstudio.configs import RECT_ONLY_CONFIG
-from tests.support import free_port, make_image
+from tests.support import free_port, make_image, running_redis
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -126,25 +123,8 @@ def test_without_label_studio_credentials_there_is_no_handoff(tmp_path: Path) ->
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: `make test` installs the Debian package")
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with running_redis(tmp_path) as url:
+        yield url
 
 
 def test_with_redis_every_backend_process_sees_the_held_tasks(redis_url: str, tmp_path: Path) -> None:
