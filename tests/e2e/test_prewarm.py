@@ -7,9 +7,6 @@ calls made here.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ROOT, LabelStudio, wait_for_models
+from tests.conftest import LabelStudio, running_backend
 from tests.labelstudio.configs import SAM_CONFIG
-from tests.support import free_port, make_image, stop_process, wait_for_http
+from tests.support import make_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 WAIT_S = 180.0
@@ -30,35 +27,9 @@ WAIT_S = 180.0
 def prewarm_backend(
     label_studio: LabelStudio, tiny_hf_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    work = tmp_path_factory.mktemp("prewarm-backend")
-    env = {
-        **os.environ,
-        "DEVICE": "cpu",
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.token,
-        "IMAGE_CACHE_DIR": str(work / "images"),
-        "DEFAULT_BOX_THRESHOLD": "0",
-        "DEFAULT_TEXT_THRESHOLD": "0",
-        "PRELOAD_MODELS": "grounding_dino,sam2",
-        "PREWARM": "true",
-        "PREWARM_NEXT_TASKS": "2",
-    }
-    port = free_port()
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    command = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
-               "--timeout", "300", "_wsgi:app"]  # fmt: skip
-    log_path = work / "backend.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/health", timeout=120, ok=lambda status: status == 200)
-        wait_for_models(url, {"grounding_dino", "sam2"}, timeout=180)
+    prewarm_on = {"PREWARM": "true", "PREWARM_NEXT_TASKS": "2"}
+    with running_backend(label_studio, tmp_path_factory.mktemp("prewarm-backend"), prewarm_on) as url:
         yield url
-    except TimeoutError:
-        pytest.fail(f"backend did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-    finally:
-        stop_process(process)
 
 
 def create_project(ls: LabelStudio, title: str, backend_url: str, images: int) -> tuple[int, list[dict]]:
