@@ -211,6 +211,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     runtime = Runtime(device=device, dtype=resolve_dtype("auto", device), embedding_cache_size=4)
+    torch.manual_seed(0)  # the same random weights, hence the same "noisy" masks, in every run
     segmenter, detector = load_models(args.size, runtime)
     engine = engine_with(segmenter, str(device))
     print(

@@ -13,9 +13,17 @@ import pytest
 from ml_backend.config import load_settings
 from ml_backend.engine import Engine, mask_array
 from ml_backend.labelstudio.interface import ProjectInterface
+from ml_backend.labelstudio.predictor import Predictor
 from ml_backend.labelstudio.results import detections_to_results, segment_results
 from ml_backend.masks import decode_rle
-from ml_backend.schemas import DetectRequest, DetectResponse, SegmentRequest, SegmentResponse
+from ml_backend.schemas import (
+    DetectRequest,
+    DetectResponse,
+    Request,
+    Response,
+    SegmentRequest,
+    SegmentResponse,
+)
 from tests.labelstudio.configs import SAM_CONFIG, TEXT_PROMPT_CONFIG
 from tests.support import make_image
 
@@ -96,3 +104,48 @@ def test_grounded_sam_arrays_give_the_same_results(engine: Engine, image_b64: st
     from_arrays = detections_to_results(local.detections, interface, WIDTH, HEIGHT, label_of)
     assert any(item["type"] == "brushlabels" for item in from_wire)
     assert without_ids(from_arrays) == without_ids(from_wire)
+
+
+class RecordingBackend:
+    """The real engine, recording whether each call asked for arrays."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.arrays: list[bool] = []
+
+    def run(self, request: Request, *, arrays: bool = False) -> Response:
+        self.arrays.append(arrays)
+        return self.engine.run(request, arrays=arrays)
+
+    def describe(self) -> dict:
+        return self.engine.describe()
+
+
+def test_the_label_studio_predictor_takes_arrays_from_the_local_engine(tmp_path: Path) -> None:
+    engine = Engine(load_settings(device="cpu"), allow_local_paths=True)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(make_image(WIDTH, HEIGHT))
+    backend = RecordingBackend(engine)
+    predictor = Predictor(backend, lambda url, task_id: str(photo), engine.settings)
+    click = {
+        "original_width": WIDTH,
+        "original_height": HEIGHT,
+        "image_rotation": 0,
+        "value": {"x": 40.0, "y": 50.0, "width": 0.3, "keypointlabels": ["Banana"]},
+        "is_positive": True,
+        "id": "kp",
+        "from_name": "tag2",
+        "to_name": "image",
+        "type": "keypointlabels",
+    }
+    interface = ProjectInterface.from_config(SAM_CONFIG)
+    [prediction] = predictor.predict(
+        [{"id": 1, "data": {"image": "/data/photo.png"}}], interface, {"result": [click]}
+    )
+    assert backend.arrays == [True]
+    brush = [item for item in prediction["result"] if item["type"] == "brushlabels"]
+    request = SegmentRequest(
+        model="sam2", image_path=str(photo), prompt_type="points", points=[(0.4, 0.5)], labels=[1]
+    )
+    expected = segment_results(engine.run(request).masks, "Banana", interface, WIDTH, HEIGHT)
+    assert brush and without_ids(prediction["result"]) == without_ids(expected)

@@ -128,12 +128,14 @@ def upsample_masks(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     The arithmetic of the processor's `post_process_masks` (float32 bilinear straight to the original
     size, logit > 0), a few masks at a time, on the logits' device; only the booleans come back.
     """
-    masks = np.empty((logits.shape[0], *size), dtype=bool)
+    parts = []
     for start in range(0, logits.shape[0], MASK_CHUNK):
         chunk = logits[start : start + MASK_CHUNK].float().unsqueeze(0)
         resized = torch.nn.functional.interpolate(chunk, size=size, mode="bilinear", align_corners=False)
-        masks[start : start + MASK_CHUNK] = (resized[0] > MASK_THRESHOLD).cpu().numpy()
-    return masks
+        parts.append((resized[0] > MASK_THRESHOLD).cpu().numpy())
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros((0, *size), dtype=bool)
 
 
 class PromptableSegmenter:
