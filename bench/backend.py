@@ -1,6 +1,11 @@
 """Backend overhead benchmark: one SAM click through HTTP /predict vs the bare engine, side by side.
 
-    python bench/backend.py [--sizes 1280x960,4032x3024 --repeats 20]
+    python bench/backend.py [--sizes 1280x960,4032x3024 --repeats 20] [--offload] [--label-studio]
+
+`--offload` adds the bytes sent to a RunPod endpoint per first and repeated click (`bench/offload.py`:
+a counting proxy in front of the real local worker); `--label-studio` adds the first click after
+opening a task vs a cached click through a real Label Studio, on a random-initialised full-size SAM 2.1
+(`bench/prewarm.py`; minutes on a CPU).
 
 Both paths share one process, one engine and one warm embedding cache, so the difference is the
 backend's own cost: HTTP, JSON, Label Studio context parsing, image lookup, brush RLE and polygons.
@@ -57,6 +62,8 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="1280x960,4032x3024", help="comma-separated WIDTHxHEIGHT")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--offload", action="store_true", help="also bytes per offloaded click")
+    parser.add_argument("--label-studio", action="store_true", help="also first vs cached click through LS")
     args = parser.parse_args()
     sizes = [tuple(int(side) for side in size.split("x")) for size in args.sizes.split(",")]
 
@@ -85,6 +92,16 @@ def main() -> None:
     for row in rows:
         print(row)
     print("goal: overhead <= 1.10x")
+    if args.offload:
+        from bench.offload import main as offload_bytes
+
+        print()
+        offload_bytes([])
+    if args.label_studio:
+        from bench.prewarm import main as first_click_through_label_studio
+
+        print()
+        first_click_through_label_studio([])
 
 
 def bench_size(engine, predict_url: str, width: int, height: int, repeats: int) -> list[str]:

@@ -76,13 +76,13 @@ def human(size: int) -> str:
     return f"{size / MB:.2f} MB" if size >= 100 * KB else f"{size / KB:.1f} KB"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clicks", type=int, default=3)
     parser.add_argument("--megapixels", type=float, default=12.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     prepare_tiny_cache()
     from ml_backend.config import load_settings

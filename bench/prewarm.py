@@ -272,7 +272,7 @@ def ms(seconds: list[float]) -> float:
     return statistics.median(seconds) * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -287,7 +287,7 @@ def main() -> None:
         help="boxes: smart tools only, a click returns the mask's box (the click is SAM alone); "
         "masks: the README's SAM template (brush RLE and polygon outlines of the mask too)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not LABEL_STUDIO_BIN.exists():
         sys.exit(f"{LABEL_STUDIO_BIN} missing: run `make label-studio-venv`")
 
