@@ -22,7 +22,7 @@ from rq import Queue
 from ml_backend.masks import decode_rle
 from tests import docker_support
 from tests.docker_support import Docker, DockerUnavailable, run_container
-from tests.labelstudio.configs import SAM_CONFIG
+from tests.labelstudio.configs import keypoint_click_body
 from tests.support import free_port, make_image, running_redis, serve_images, wait_for_http
 from tests.test_logs import UNREDACTED_COUNTS
 from tests.test_schemas import GUIDE_EXAMPLES
@@ -189,21 +189,7 @@ def test_backend_container_health_and_predict(
         wait_or_fail(f"{url}/health", container)
         health = requests.get(f"{url}/health", timeout=10).json()
         assert (health["status"], health["device"], health["dtype"]) == ("UP", "cpu", "float32"), health
-        click = {
-            "original_width": 64,
-            "original_height": 48,
-            "value": {"x": 50.0, "y": 50.0, "keypointlabels": ["Banana"]},
-            "is_positive": True,
-            "from_name": "tag2",
-            "to_name": "image",
-            "type": "keypointlabels",
-        }
-        body = {
-            "tasks": [{"id": 1, "data": {"image": image_server.url("/test.jpg")}}],
-            "label_config": SAM_CONFIG,
-            "project": "1.1",
-            "params": {"context": {"result": [click]}},
-        }
+        body = keypoint_click_body(image_server.url("/test.jpg"), 64, 48)
         answer = requests.post(f"{url}/predict", json=body, timeout=180)
         assert answer.status_code == 200, (answer.text[:2000], container.logs()[-3000:])
         results = answer.json()["results"][0]["result"]

@@ -224,7 +224,7 @@ def test_redis_down_leaves_interactive_predict_working(
 ) -> None:
     from ml_backend.labelstudio.base import create_app
     from model import ODAnnotationModel
-    from tests.labelstudio.configs import SAM_CONFIG
+    from tests.labelstudio.configs import keypoint_click_body
     from tests.support import serve_images
 
     app = create_app(ODAnnotationModel)
@@ -235,21 +235,7 @@ def test_redis_down_leaves_interactive_predict_working(
     assert client.post("/jobs/annotate", json={"project": 1}).status_code == 503
     with serve_images() as server:
         url = server.add("/a.png", make_image(64, 48))
-        point = {
-            "original_width": 64,
-            "original_height": 48,
-            "value": {"x": 50.0, "y": 50.0, "keypointlabels": ["Banana"]},
-            "is_positive": True,
-            "from_name": "tag2",
-            "to_name": "image",
-            "type": "keypointlabels",
-        }
-        body = {
-            "tasks": [{"id": 1, "data": {"image": url}}],
-            "label_config": SAM_CONFIG,
-            "project": "1.1",
-            "params": {"context": {"result": [point]}},
-        }
+        body = keypoint_click_body(url, 64, 48)
         answer = client.post("/predict", json=body)
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["results"][0]["result"]

@@ -67,3 +67,22 @@ RECORDED_KEYPOINT_CONTEXT = {
         }
     ]
 }
+
+
+def keypoint_click_body(image_url: str, width: int, height: int) -> dict:
+    """A `/predict` body for one positive smart keypoint in the middle of a `SAM_CONFIG` task's image."""
+    click = {
+        "original_width": width,
+        "original_height": height,
+        "value": {"x": 50.0, "y": 50.0, "keypointlabels": ["Banana"]},
+        "is_positive": True,
+        "from_name": "tag2",
+        "to_name": "image",
+        "type": "keypointlabels",
+    }
+    return {
+        "tasks": [{"id": 1, "data": {"image": image_url}}],
+        "label_config": SAM_CONFIG,
+        "project": "1.1",
+        "params": {"context": {"result": [click]}},
+    }
