@@ -95,7 +95,9 @@ def predictions_per_task(label_studio: LabelStudio, project: int) -> dict[int, i
     return counts
 
 
-def wait_for(manager: JobManager, job_id: str, until, timeout: float = 240) -> JobStatus:
+def wait_for(
+    manager: JobManager, job_id: str, until, timeout: float = 240, log: Path | None = None
+) -> JobStatus:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = manager.status(job_id)
@@ -103,7 +105,11 @@ def wait_for(manager: JobManager, job_id: str, until, timeout: float = 240) -> J
         if until(status):
             return status
         time.sleep(0.5)
-    raise AssertionError(f"job {job_id} stuck: {manager.status(job_id)}")
+    chunk_states = manager.store.chunk_states(job_id)
+    worker_log = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+    raise AssertionError(
+        f"job {job_id} stuck: {manager.status(job_id)}\nchunks: {chunk_states}\n{worker_log}"
+    )
 
 
 def settings_for(label_studio: LabelStudio, redis_url: str | None, cache: Path, **overrides) -> Settings:
@@ -157,13 +163,13 @@ def test_killed_worker_resumes_without_duplicates(
     first = start_worker(worker_env, log)
     job_id = manager.submit(AnnotateSpec(project=project))
     try:
-        wait_for(manager, job_id, lambda s: s.done >= 7)
+        wait_for(manager, job_id, lambda s: s.done >= 7, log=log)
         stop(first, signal.SIGKILL)
         killed_at = manager.status(job_id)
         assert killed_at.state == "running" and killed_at.done < 30
         second = start_worker(worker_env, log)
         try:
-            status = wait_for(manager, job_id, lambda s: s.state == "finished")
+            status = wait_for(manager, job_id, lambda s: s.state == "finished", log=log)
         finally:
             stop(second)
     finally:
@@ -171,6 +177,49 @@ def test_killed_worker_resumes_without_duplicates(
     assert (status.done, status.failed) == (30, {})
     counts = predictions_per_task(label_studio, project)
     assert counts == dict.fromkeys(task_ids, 1), "every task exactly one prediction of this model version"
+
+
+def test_chunk_taken_by_a_worker_that_died_before_its_lease_is_queued_again(
+    label_studio: LabelStudio, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window between rq handing a chunk to a worker and the chunk's lease: a worker killed there
+    leaves the chunk marked queued while rq holds its job as started, and nothing else recovers it."""
+    from rq import Queue, Worker
+    from rq.job import Job
+
+    from ml_backend.jobs import chunks
+    from ml_backend.jobs import manager as manager_module
+
+    own_db = redis_url.rsplit("/", 1)[0] + "/2"
+    manager = JobManager(settings_for(label_studio, own_db, tmp_path / "images", job_retries=0))
+    job_id = manager.submit(AnnotateSpec(project=1, task_ids=list(range(1, 11))), check_existing=False)
+    queue = Queue(manager_module.QUEUE_NAME, connection=manager.redis)
+    first_rq_job = manager.store.meta(job_id)["rq_jobs"][0]
+    worker = Worker([queue], connection=manager.redis)
+    worker.register_birth()
+    taken, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    assert taken.id == first_rq_job
+    worker.prepare_job_execution(taken)  # ... and the worker is killed here, before run_chunk leases
+
+    manager.status(job_id)
+    assert manager.store.meta(job_id)["rq_jobs"][0] == first_rq_job, (
+        "within a lease's lifetime it may be alive"
+    )
+
+    monkeypatch.setattr(manager_module, "LEASE_TTL_S", -1)
+    manager.status(job_id)
+    requeued = manager.store.meta(job_id)["rq_jobs"][0]
+    assert requeued != first_rq_job and requeued in queue.get_job_ids()
+    assert manager.store.chunk_states(job_id)[0] == "queued"
+    manager.status(job_id)
+    assert queue.get_job_ids().count(requeued) == 1 and manager.store.meta(job_id)["rq_jobs"][0] == requeued
+
+    # rq's own clean-up later fails the dropped run; a chunk the new run finished stays done
+    manager.store.set_chunk_state(job_id, 0, "done")
+    dropped = Job.fetch(first_rq_job, connection=manager.redis)
+    chunks.chunk_failed(dropped, manager.redis, RuntimeError, RuntimeError("abandoned"), None)
+    assert manager.store.chunk_states(job_id)[0] == "done"
+    assert manager.status(job_id).failed == {}
 
 
 def test_cancel_stops_within_one_chunk(

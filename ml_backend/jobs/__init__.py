@@ -8,7 +8,8 @@ Safe to kill at any moment:
 - a task is skipped when it already has a prediction of the job's model version, so a chunk that
   runs twice writes nothing twice;
 - a chunk holds a lease (a Redis key with a short TTL, renewed while it runs); a chunk whose
-  lease lapsed while it was running (its worker died) is queued again by the next status check;
+  lease lapsed while it was running, or that a worker took from the queue and never leased (its
+  worker died), is queued again by the next status check;
 - a task that fails for a permanent reason (broken image) is recorded with its reason and
   skipped; transient failures (Label Studio 5xx, download timeouts) raise so rq retries the chunk.
 

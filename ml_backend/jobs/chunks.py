@@ -161,7 +161,13 @@ def chunk_failed(job: Any, connection: Any, exc_type: Any, value: Any, traceback
     """rq on_failure: once retries are spent, the chunk's unfinished tasks are recorded as failed."""
     job_id, index = job.args
     store = RedisJobStore(connection)
-    if job.retries_left:
+    # rq also calls this for a run abandoned by a killed worker, long after the chunk was queued
+    # again and finished (or while the new run holds it): those outcomes stand.
+    if (
+        job.retries_left
+        or store.chunk_states(job_id).get(index) == "done"
+        or store.lease_alive(job_id, index)
+    ):
         return
     _, failed = store.progress(job_id)
     for task_id in store.chunk(job_id, index):

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 from ml_backend.config import Settings
@@ -19,7 +20,7 @@ from ml_backend.jobs.chunks import (
 )
 from ml_backend.jobs.project import LabelStudioProject
 from ml_backend.jobs.spec import AnnotateSpec, JobSource, JobStatus, JobsUnavailableError, TransientTaskError
-from ml_backend.jobs.store import JobStore, MemoryJobStore, RedisJobStore
+from ml_backend.jobs.store import LEASE_TTL_S, JobStore, MemoryJobStore, RedisJobStore
 
 log = logging.getLogger(__name__)
 QUEUE_NAME = "od-annotation"
@@ -172,14 +173,43 @@ class JobManager:
         finish_if_complete(self.store, job_id)
 
     def _requeue_abandoned(self, job_id: str, meta: dict[str, Any]) -> None:
-        """A chunk marked running whose lease lapsed lost its worker (killed): queue it again."""
-        if self.redis is None or meta["state"] != "running":
+        """Queue again a chunk whose worker died (killed): one marked running whose lease lapsed, or
+        one still marked queued whose rq job a worker took and never got to lease."""
+        if self.redis is None or meta["state"] not in ("queued", "running"):
             return
+        rq_jobs = list(meta.get("rq_jobs", []))
+        requeued = False
         for index, state in self.store.chunk_states(job_id).items():
-            if state == "running" and not self.store.lease_alive(job_id, index):
+            if self.store.lease_alive(job_id, index):
+                continue
+            claimed = state == "queued" and index < len(rq_jobs) and self._taken_and_dropped(rq_jobs[index])
+            if state == "running" or claimed:
                 log.warning("job %s chunk %d lost its worker; queued again", job_id, index)
                 self.store.set_chunk_state(job_id, index, "queued")
-                self._enqueue(job_id, index)
+                new_rq_job = self._enqueue(job_id, index)
+                if index < len(rq_jobs):
+                    rq_jobs[index] = new_rq_job
+                requeued = True
+        if requeued:
+            self.store.update(job_id, rq_jobs=rq_jobs)
+
+    def _taken_and_dropped(self, rq_job_id: str) -> bool:
+        """rq marked the job started, yet no lease appeared within a lease's lifetime: a live worker
+        takes the lease milliseconds after starting a chunk, so that worker died in between."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+        from rq.utils import now
+
+        try:
+            rq_job = Job.fetch(rq_job_id, connection=self.redis)
+        except NoSuchJobError:
+            return False
+        started = rq_job.started_at
+        if rq_job.get_status() != "started" or started is None:
+            return False
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        return (now() - started).total_seconds() > LEASE_TTL_S
 
     def _cancel_queued(self, rq_job_ids: Sequence[str]) -> None:
         if self.redis is None:
