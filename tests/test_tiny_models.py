@@ -90,9 +90,22 @@ def test_uncached_hub_id_fails_fast_offline(tiny_hf_cache: Path) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_rebuilding_an_up_to_date_cache_is_a_no_op(tiny_hf_cache: Path, tiny_hub_ids: dict[str, str]) -> None:
+def test_rebuilding_an_up_to_date_cache_is_a_no_op(
+    tiny_hf_cache: Path, tiny_hub_ids: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fixtures import tiny_models
+
+    def must_not_build(_: Path) -> None:
+        raise AssertionError("an up-to-date family was built again")
+
+    for family in tiny_models.BUILDERS:
+        monkeypatch.setitem(tiny_models.BUILDERS, family, must_not_build)
     marker = (tiny_hf_cache / MARKER_NAME).read_text()
-    started = time.monotonic()
+    files = {
+        path: path.stat().st_mtime_ns
+        for path in tiny_hf_cache.rglob("*")
+        if path.is_file() and path.name != tiny_models.LOCK_NAME
+    }
     assert build_hf_cache(tiny_hf_cache) == tiny_hub_ids
-    assert time.monotonic() - started < 1
     assert (tiny_hf_cache / MARKER_NAME).read_text() == marker
+    assert {path: path.stat().st_mtime_ns for path in files} == files
