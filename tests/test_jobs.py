@@ -222,6 +222,31 @@ def test_chunk_taken_by_a_worker_that_died_before_its_lease_is_queued_again(
     assert manager.status(job_id).failed == {}
 
 
+def test_a_failed_run_holds_its_lease_until_rq_has_filed_the_retry(
+    label_studio: LabelStudio, redis_url: str, tmp_path: Path
+) -> None:
+    """Between a run's failure and rq filing its retry the chunk is queued and rq shows it started: the
+    lingering lease keeps a status check from taking it for a dead worker's, then frees it for the retry."""
+    from ml_backend.jobs.chunks import FAILED_LEASE_LINGER_S, process_chunk
+    from ml_backend.jobs.project import LabelStudioProject
+
+    own_db = redis_url.rsplit("/", 1)[0] + "/3"
+    manager = JobManager(settings_for(label_studio, own_db, tmp_path / "images"))
+    job_id = manager.submit(AnnotateSpec(project=1, task_ids=[1, 2]), check_existing=False)
+    gone = load_settings(
+        redis_url=own_db,
+        label_studio_url=f"http://127.0.0.1:{free_port()}",
+        label_studio_api_key="0" * 40,
+        image_cache_dir=str(tmp_path / "images"),
+    )
+    with pytest.raises(Exception, match="Connection refused"):
+        process_chunk(manager.store, job_id, 0, LabelStudioProject(gone), gone)
+    assert manager.store.chunk_states(job_id)[0] == "queued"
+    assert manager.store.lease_alive(job_id, 0)
+    time.sleep(FAILED_LEASE_LINGER_S + 0.5)
+    assert not manager.store.lease_alive(job_id, 0)
+
+
 def test_cancel_stops_within_one_chunk(
     label_studio: LabelStudio, redis_url: str, worker_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LEASE_RENEW_S = 5
+# After a failed run rq still has to file its retry; until it does, rq shows the job as started
+# while the chunk is queued and unleased, which a status check would take for a dead worker.
+# Shorter than the first retry interval, so the retry finds the lease free.
+FAILED_LEASE_LINGER_S = 2
 RETRY_SUFFIX = " (will retry)"
 
 
@@ -50,12 +54,16 @@ def _lease(store: JobStore, job_id: str, index: int) -> Iterator[bool]:
 
     renewer = threading.Thread(target=renew, daemon=True, name=f"lease-{job_id}-{index}")
     renewer.start()
+    failed = False
     try:
         yield True
+    except BaseException:
+        failed = True
+        raise
     finally:
         stop.set()
         renewer.join()
-        store.release_lease(job_id, index, token)
+        store.release_lease(job_id, index, token, linger_s=FAILED_LEASE_LINGER_S if failed else 0)
 
 
 def process_chunk(
@@ -162,12 +170,8 @@ def chunk_failed(job: Any, connection: Any, exc_type: Any, value: Any, traceback
     job_id, index = job.args
     store = RedisJobStore(connection)
     # rq also calls this for a run abandoned by a killed worker, long after the chunk was queued
-    # again and finished (or while the new run holds it): those outcomes stand.
-    if (
-        job.retries_left
-        or store.chunk_states(job_id).get(index) == "done"
-        or store.lease_alive(job_id, index)
-    ):
+    # again and finished: that outcome stands.
+    if job.retries_left or store.chunk_states(job_id).get(index) == "done":
         return
     _, failed = store.progress(job_id)
     for task_id in store.chunk(job_id, index):

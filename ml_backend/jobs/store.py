@@ -31,7 +31,7 @@ class JobStore(Protocol):
     def progress(self, job_id: str) -> tuple[int, dict[str, str]]: ...
     def acquire_lease(self, job_id: str, index: int, token: str) -> bool: ...
     def renew_lease(self, job_id: str, index: int, token: str) -> bool: ...
-    def release_lease(self, job_id: str, index: int, token: str) -> None: ...
+    def release_lease(self, job_id: str, index: int, token: str, linger_s: float = 0) -> None: ...
     def lease_alive(self, job_id: str, index: int) -> bool: ...
 
 
@@ -108,9 +108,13 @@ class RedisJobStore:
             return False
         return bool(self.redis.expire(key, LEASE_TTL_S))
 
-    def release_lease(self, job_id: str, index: int, token: str) -> None:
+    def release_lease(self, job_id: str, index: int, token: str, linger_s: float = 0) -> None:
         key = self._key(job_id, f"lease:{index}")
-        if self.redis.get(key) == token.encode():
+        if self.redis.get(key) != token.encode():
+            return
+        if linger_s > 0:
+            self.redis.pexpire(key, int(linger_s * 1000))
+        else:
             self.redis.delete(key)
 
     def lease_alive(self, job_id: str, index: int) -> bool:
@@ -183,8 +187,8 @@ class MemoryJobStore:
     def renew_lease(self, job_id: str, index: int, token: str) -> bool:
         return self._jobs[job_id].leases.get(index) == token
 
-    def release_lease(self, job_id: str, index: int, token: str) -> None:
-        with self._lock:
+    def release_lease(self, job_id: str, index: int, token: str, linger_s: float = 0) -> None:
+        with self._lock:  # nothing lapses here (no rq to requeue a chunk), so no lingering either
             if self._jobs[job_id].leases.get(index) == token:
                 del self._jobs[job_id].leases[index]
 
