@@ -11,7 +11,7 @@ PORT ?= 9090
 WORKER_PORT ?= 8000
 THREADS ?= 8
 
-.PHONY: install run worker test test-fast e2e lint bench apt-deps label-studio-venv clean
+.PHONY: install official-sam2 run worker test test-fast e2e lint bench apt-deps label-studio-venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# Meta's SAM 2.1 predictor (PyPI `sam2`, an sdist) for the parity tests and bench/official.py only;
+# the backend and the worker never import it. Built without its optional CUDA extension.
+$(BIN)/.official-sam2: $(BIN)/.installed
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation hydra-core==1.3.8 iopath==0.1.10 sam2==1.1.0
+	touch $@
+
+official-sam2: $(BIN)/.official-sam2
 
 run: install
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 1 --threads $(THREADS) --timeout 300 _wsgi:app
@@ -51,7 +59,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install apt-deps label-studio-venv lint
+test: install official-sam2 apt-deps label-studio-venv lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: install
