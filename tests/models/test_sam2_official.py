@@ -28,6 +28,8 @@ from tests.fixtures.official_sam2 import (
     transformers_processor,
 )
 
+# the sam2 package scripts its transforms with torch.jit, which torch 2.14 deprecates
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 EXIF_ORIENTATION = 0x0112
 LIMITS = ImageLimits(max_bytes=10_000_000, max_pixels=10_000_000, timeout_s=5.0, allow_private_urls=False)
 # A pixel may flip only where the official logit sits at the threshold: both sides compute the same
