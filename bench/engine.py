@@ -67,24 +67,13 @@ def random_image(seed: int, width: int = 1280, height: int = 960):
 
 
 def full_size_sam2(runtime):
-    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2Model, Sam2Processor, Sam2VisionConfig
+    from transformers import Sam2Model, Sam2Processor
     from transformers.models.sam2.image_processing_sam2 import Sam2ImageProcessor
 
     from ml_backend.models.sam2 import PromptableSegmenter
+    from tests.fixtures.official_sam2 import HIERA_L, transformers_config
 
-    # The geometry of facebook/sam2.1-hiera-large (Hiera-L: 144 channels, stages 2-6-36-4).
-    backbone = Sam2HieraDetConfig(
-        hidden_size=144,
-        num_attention_heads=2,
-        blocks_per_stage=[2, 6, 36, 4],
-        embed_dim_per_stage=[144, 288, 576, 1152],
-        num_attention_heads_per_stage=[2, 4, 8, 16],
-        global_attention_blocks=[23, 33, 43],
-        window_size_per_stage=[8, 4, 16, 8],
-        window_positional_embedding_background_size=[7, 7],
-    )
-    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[1152, 576, 288, 144])
-    model = Sam2Model(Sam2Config(vision_config=vision)).to(runtime.device, runtime.dtype).eval()
+    model = Sam2Model(transformers_config(HIERA_L)).to(runtime.device, runtime.dtype).eval()
     processor = Sam2Processor(image_processor=Sam2ImageProcessor())
     return PromptableSegmenter(model, processor, runtime, "random sam2.1-hiera-large geometry")
 

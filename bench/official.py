@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.engine import median_seconds  # noqa: E402
+
 IOU_GOAL = 0.999
 CACHED_GOALS = {(1280, 960): 1.0, (4032, 3024): 0.6}
 FIRST_CLICK_GOAL = 1.05
@@ -266,15 +268,6 @@ def interleaved_medians(
             actions[side]()
             times[side].append(time.perf_counter() - started)
     return statistics.median(times[0]), statistics.median(times[1])
-
-
-def median_seconds(action: Callable[[], object], repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 @dataclass(frozen=True)

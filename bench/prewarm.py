@@ -52,22 +52,13 @@ def build_base_plus_sam2(directory: Path) -> Path:
     if (directory / "config.json").exists():
         return directory
     import torch
-    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2Model, Sam2Processor, Sam2VisionConfig
+    from transformers import Sam2Model, Sam2Processor
     from transformers.models.sam2.image_processing_sam2 import Sam2ImageProcessor
 
+    from tests.fixtures.official_sam2 import HIERA_B_PLUS, transformers_config
+
     torch.manual_seed(0)
-    backbone = Sam2HieraDetConfig(
-        hidden_size=112,
-        num_attention_heads=2,
-        blocks_per_stage=[2, 3, 16, 3],
-        embed_dim_per_stage=[112, 224, 448, 896],
-        num_attention_heads_per_stage=[2, 4, 8, 16],
-        global_attention_blocks=[12, 16, 20],
-        window_size_per_stage=[8, 4, 14, 7],
-        window_positional_embedding_background_size=[14, 14],
-    )
-    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[896, 448, 224, 112])
-    Sam2Model(Sam2Config(vision_config=vision)).eval().save_pretrained(directory)
+    Sam2Model(transformers_config(HIERA_B_PLUS)).eval().save_pretrained(directory)
     Sam2Processor(image_processor=Sam2ImageProcessor()).save_pretrained(directory)
     return directory
 
