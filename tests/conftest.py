@@ -75,6 +75,26 @@ class LabelStudio:
         assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text[:500]}"
         return response
 
+    def tasks(self, project: int) -> list[dict]:
+        """The project's tasks by id (the list endpoint answers a list or `{"tasks": [...]}`)."""
+        listed = self.api("GET", f"/api/projects/{project}/tasks/?page_size=1000").json()
+        return sorted(listed["tasks"] if isinstance(listed, dict) else listed, key=lambda task: task["id"])
+
+    def connect(self, project: int, backend_url: str, *, interactive: bool = False) -> dict:
+        """Connect the ML backend at `backend_url` to the project; Label Studio must reach it (state CO)."""
+        body = {"url": backend_url, "project": project, "title": "od"}
+        ml = self.api("POST", "/api/ml", json=body | ({"is_interactive": True} if interactive else {})).json()
+        assert ml["state"] == "CO", ml
+        return ml
+
+    def predictions_per_task(self, project: int, version: str) -> dict[int, int]:
+        """How many predictions each task of the project has; every one must be of `version`."""
+        counts: dict[int, int] = {}
+        for prediction in self.api("GET", f"/api/predictions?project={project}").json():
+            assert prediction["model_version"] == version
+            counts[prediction["task"]] = counts.get(prediction["task"], 0) + 1
+        return counts
+
 
 def wait_for_models(url: str, names: set[str], timeout: float) -> None:
     """PRELOAD_MODELS load in the background after start; wait until /health lists them."""

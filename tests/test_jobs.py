@@ -80,8 +80,7 @@ def make_project(
         f"broken{i}.png": (f"broken{i}.png", b"this is not a picture", "image/png") for i in range(broken)
     }
     label_studio.api("POST", f"/api/projects/{project['id']}/import", files=files)
-    tasks = label_studio.api("GET", f"/api/projects/{project['id']}/tasks/?page_size=1000").json()
-    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+    tasks = label_studio.tasks(project["id"])
     broken_ids = {task["id"] for task in tasks if "broken" in task["data"]["photo"]}
     assert len(tasks) == good + broken and len(broken_ids) == broken
     return project["id"], sorted(task["id"] for task in tasks), broken_ids

@@ -35,9 +35,7 @@ def make_project(label_studio: LabelStudio, title: str, count: int) -> tuple[int
     ).json()
     files = {f"img{i}.png": (f"img{i}.png", make_image(40 + i * 8, 32), "image/png") for i in range(count)}
     label_studio.api("POST", f"/api/projects/{project['id']}/import", files=files)
-    tasks = label_studio.api("GET", f"/api/projects/{project['id']}/tasks/?page_size=100").json()
-    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
-    return project["id"], sorted(task["id"] for task in tasks)
+    return project["id"], [task["id"] for task in label_studio.tasks(project["id"])]
 
 
 def predictions_by_task(label_studio: LabelStudio, project: int) -> dict[int, list[dict]]:

@@ -51,16 +51,11 @@ def counts_in(output: dict) -> list[str]:
     return [mask["mask"]["counts"] for mask in output.get("masks", [])]
 
 
-@pytest.mark.slow
-def test_worker_through_the_sdk_at_debug_logs_no_job_data(tiny_hf_cache: Path) -> None:
-    """`--test_input` runs the handler through the SDK, which at DEBUG prints `run_job return: {...}`
-    and at INFO `Job result: {...}`: the log must show the result's shape without its masks or images."""
-    job_input = {"task": "segment", "model": "sam2", "image_base64": IMAGE_BASE64, "point": [0.5, 0.5]}
-    expected = worker.handler({"id": "in-process", "input": job_input})
-    assert counts_in(expected), expected
-    env = {**os.environ, "DEVICE": "cpu", "LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"}
+def run_worker_once(job_input: dict, log_level: str) -> subprocess.CompletedProcess:
+    """The worker through the RunPod SDK's `--test_input`: one job, then exit."""
+    env = {**os.environ, "DEVICE": "cpu", "LOG_LEVEL": log_level, "PYTHONUNBUFFERED": "1"}
     env.pop("RUNPOD_LOG_LEVEL", None)
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "ml_backend.worker", "--test_input", json.dumps({"input": job_input})],
         cwd=ROOT,
         env=env,
@@ -68,6 +63,16 @@ def test_worker_through_the_sdk_at_debug_logs_no_job_data(tiny_hf_cache: Path) -
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.slow
+def test_worker_through_the_sdk_at_debug_logs_no_job_data(tiny_hf_cache: Path) -> None:
+    """`--test_input` runs the handler through the SDK, which at DEBUG prints `run_job return: {...}`
+    and at INFO `Job result: {...}`: the log must show the result's shape without its masks or images."""
+    job_input = {"task": "segment", "model": "sam2", "image_base64": IMAGE_BASE64, "point": [0.5, 0.5]}
+    expected = worker.handler({"id": "in-process", "input": job_input})
+    assert counts_in(expected), expected
+    result = run_worker_once(job_input, "DEBUG")
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "run_job return:" in log and "'counts': '[mask omitted]'" in log  # DEBUG reached the SDK
@@ -80,14 +85,6 @@ def test_worker_through_the_sdk_at_debug_logs_no_job_data(tiny_hf_cache: Path) -
 @pytest.mark.slow
 def test_sdk_follows_log_level(tiny_hf_cache: Path) -> None:
     job_input = {"task": "segment", "model": "sam2", "image_base64": IMAGE_BASE64, "point": [0.5, 0.5]}
-    env = {**os.environ, "DEVICE": "cpu", "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "ml_backend.worker", "--test_input", json.dumps({"input": job_input})],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_worker_once(job_input, "WARNING")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DEBUG  |" not in result.stdout and "INFO   |" not in result.stdout

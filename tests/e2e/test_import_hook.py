@@ -35,20 +35,6 @@ def upload(ls: LabelStudio, project: int, names: list[str]) -> None:
     ls.api("POST", f"/api/projects/{project}/import", files=files)
 
 
-def task_ids(ls: LabelStudio, project: int) -> list[int]:
-    tasks = ls.api("GET", f"/api/projects/{project}/tasks/?page_size=1000").json()
-    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
-    return sorted(task["id"] for task in tasks)
-
-
-def predictions_per_task(ls: LabelStudio, project: int) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for prediction in ls.api("GET", f"/api/predictions?project={project}").json():
-        assert prediction["model_version"] == VERSION
-        counts[prediction["task"]] = counts.get(prediction["task"], 0) + 1
-    return counts
-
-
 def finished_import_jobs(backend: str, project: int, timeout: float = 240) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -68,16 +54,13 @@ def test_imported_tasks_get_predictions_unasked(label_studio: LabelStudio, impor
     project = ls.api(
         "POST", "/api/projects", json={"title": "import hook", "label_config": RECT_ONLY_CONFIG}
     ).json()
-    ml = ls.api(
-        "POST", "/api/ml", json={"url": import_backend, "project": project["id"], "title": "od"}
-    ).json()
-    assert ml["state"] == "CO", ml
+    ls.connect(project["id"], import_backend)
     webhooks = ls.api("GET", f"/api/webhooks?project={project['id']}").json()
     assert any(hook["url"] == f"{import_backend}/webhook" for hook in webhooks), webhooks
 
     upload(ls, project["id"], ["a.png", "bb.png"])
     upload(ls, project["id"], ["ccc.png"])  # a second import right after: gathered with the first
-    ids = task_ids(ls, project["id"])
+    ids = [task["id"] for task in ls.tasks(project["id"])]
     assert len(ids) == 3
 
     jobs = finished_import_jobs(import_backend, project["id"])
@@ -85,7 +68,7 @@ def test_imported_tasks_get_predictions_unasked(label_studio: LabelStudio, impor
     assert sum(job["total"] for job in jobs) == 3
     assert sum(job["done"] for job in jobs) == 3
     time.sleep(2)  # nothing else arrives late
-    assert predictions_per_task(ls, project["id"]) == dict.fromkeys(ids, 1)
+    assert ls.predictions_per_task(project["id"], VERSION) == dict.fromkeys(ids, 1)
 
 
 def test_without_the_setting_imports_wait_to_be_asked(label_studio: LabelStudio, backend_url: str) -> None:
@@ -93,11 +76,10 @@ def test_without_the_setting_imports_wait_to_be_asked(label_studio: LabelStudio,
     project = ls.api(
         "POST", "/api/projects", json={"title": "no import hook", "label_config": RECT_ONLY_CONFIG}
     ).json()
-    ml = ls.api("POST", "/api/ml", json={"url": backend_url, "project": project["id"], "title": "od"}).json()
-    assert ml["state"] == "CO", ml
+    ls.connect(project["id"], backend_url)
     upload(ls, project["id"], ["a.png"])
     time.sleep(5)
-    assert predictions_per_task(ls, project["id"]) == {}
+    assert ls.predictions_per_task(project["id"], VERSION) == {}
     assert not [
         job
         for job in requests.get(f"{backend_url}/jobs", timeout=30).json()["jobs"]

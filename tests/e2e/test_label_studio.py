@@ -28,16 +28,10 @@ def create_project(ls: LabelStudio, title: str, config: str, backend_url: str) -
         f"/api/projects/{project['id']}/import",
         files={name: (name, data, "image/png") for name, data in files.items()},
     )
-    tasks = ls.api("GET", f"/api/projects/{project['id']}/tasks/?page_size=100").json()
-    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+    tasks = ls.tasks(project["id"])
     assert len(tasks) == 2
     assert all(task["data"]["image"].startswith("/data/upload/") for task in tasks)
-    ml = ls.api(
-        "POST",
-        "/api/ml",
-        json={"url": backend_url, "project": project["id"], "is_interactive": True, "title": "od"},
-    ).json()
-    assert ml["state"] == "CO", ml
+    ml = ls.connect(project["id"], backend_url, interactive=True)
     return project["id"], ml["id"], tasks
 
 

@@ -36,14 +36,8 @@ def sam_project_with_one_upload(ls: LabelStudio, backend_url: str) -> tuple[int,
         f"/api/projects/{project['id']}/import",
         files={"photo.png": ("photo.png", image, "image/png")},
     )
-    tasks = ls.api("GET", f"/api/projects/{project['id']}/tasks/?page_size=10").json()
-    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
-    ml = ls.api(
-        "POST",
-        "/api/ml",
-        json={"url": backend_url, "project": project["id"], "is_interactive": True, "title": "od"},
-    ).json()
-    assert ml["state"] == "CO", ml
+    tasks = ls.tasks(project["id"])
+    ls.connect(project["id"], backend_url, interactive=True)
     # Connecting turns on "prelabel with the live model", which would copy a batch prediction into the
     # new annotation; off, the stored annotation holds only what the click produced.
     ls.api("PATCH", f"/api/projects/{project['id']}", json={"show_collab_predictions": False})

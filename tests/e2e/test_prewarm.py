@@ -40,15 +40,9 @@ def create_project(ls: LabelStudio, title: str, backend_url: str, images: int) -
         f"/api/projects/{project['id']}/import",
         files={name: (name, data, "image/png") for name, data in files.items()},
     )
-    tasks = ls.api("GET", f"/api/projects/{project['id']}/tasks/?page_size=100").json()
-    tasks = sorted(tasks["tasks"] if isinstance(tasks, dict) else tasks, key=lambda task: task["id"])
+    tasks = ls.tasks(project["id"])
     assert len(tasks) == images
-    ml = ls.api(
-        "POST",
-        "/api/ml",
-        json={"url": backend_url, "project": project["id"], "is_interactive": True, "title": "od"},
-    ).json()
-    assert ml["state"] == "CO", ml
+    ml = ls.connect(project["id"], backend_url, interactive=True)
     return ml["id"], tasks
 
 

@@ -68,14 +68,6 @@ def retrieve(ls: LabelStudio, project: int) -> float:
     return time.monotonic() - started
 
 
-def predictions_per_task(ls: LabelStudio, project: int) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for prediction in ls.api("GET", f"/api/predictions?project={project}").json():
-        assert prediction["model_version"] == VERSION
-        counts[prediction["task"]] = counts.get(prediction["task"], 0) + 1
-    return counts
-
-
 def project_jobs(backend: str, project: int) -> list[dict]:
     listed = requests.get(f"{backend}/jobs", timeout=30).json()["jobs"]
     return [job for job in listed if job["project"] == project]
@@ -102,16 +94,13 @@ def test_a_retrieve_past_the_timeout_ends_with_one_prediction_per_task(
     ls.api(
         "POST", f"/api/projects/{project['id']}/import", json=[{"photo": slow_images.url(p)} for p in images]
     )
-    ml = ls.api(
-        "POST", "/api/ml", json={"url": budget_backend, "project": project["id"], "title": "od"}
-    ).json()
-    assert ml["state"] == "CO", ml
-    task_ids = _task_ids(ls, project["id"])
+    ls.connect(project["id"], budget_backend)
+    task_ids = [task["id"] for task in ls.tasks(project["id"])]
     task_count = len(task_ids)
     assert task_count == FAST_IMAGES + SLOW_IMAGES
 
     took = retrieve(ls, project["id"])
-    answered_in_time = predictions_per_task(ls, project["id"])
+    answered_in_time = ls.predictions_per_task(project["id"], VERSION)
     assert took < LS_TIMEOUT_S, f"Label Studio waited {took:.1f} s: it gave up, nothing was stored"
     assert 0 < len(answered_in_time) < task_count, answered_in_time
     (job,) = project_jobs(budget_backend, project["id"])
@@ -126,10 +115,4 @@ def test_a_retrieve_past_the_timeout_ends_with_one_prediction_per_task(
     assert len(jobs) == 1, f"a repeated retrieve handed tasks over again: {jobs}"
     assert jobs[0]["done"] == jobs[0]["total"] and not jobs[0]["failed"]
     time.sleep(2)  # nothing else arrives late
-    assert predictions_per_task(ls, project["id"]) == dict.fromkeys(task_ids, 1)
-
-
-def _task_ids(ls: LabelStudio, project: int) -> list[int]:
-    tasks = ls.api("GET", f"/api/projects/{project}/tasks/?page_size=1000").json()
-    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
-    return [task["id"] for task in tasks]
+    assert ls.predictions_per_task(project["id"], VERSION) == dict.fromkeys(task_ids, 1)
