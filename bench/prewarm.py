@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
@@ -110,32 +109,12 @@ def running(command: list[str], env: dict[str, str], cwd: Path, log_path: Path) 
 
 @contextmanager
 def label_studio(work: Path) -> Iterator[tuple[str, str]]:
-    from tests.support import free_port, wait_for_http
+    from tests.conftest import running_label_studio
 
     data = work / "label-studio"
     data.mkdir()
-    port, token = free_port(), secrets.token_hex(20)
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data),
-        "LATEST_VERSION_CHECK": "false",
-        "SENTRY_DSN": "",
-        "FRONTEND_SENTRY_DSN": "",
-        "COLLECT_ANALYTICS": "false",
-        "ML_BLOCK_LOCAL_IP": "false",
-        "SSRF_PROTECTION_ENABLED": "false",
-    }
-    for stray in ("USERNAME", "PASSWORD"):
-        env.pop(stray, None)
-    command = [
-        str(LABEL_STUDIO_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port),
-        "--username", "admin@example.com", "--password", "pass1234", "--user-token", token,
-        "--enable-legacy-api-token",
-    ]  # fmt: skip
-    with running(command, env, data, data / "label-studio.log"):
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/health", timeout=300, ok=lambda status: status == 200)
-        yield url, token
+    with running_label_studio(data) as started:
+        yield started.url, started.token
 
 
 @contextmanager
